@@ -1,0 +1,61 @@
+//! The `docker` shim: points the real docker CLI at the running VM and execs it.
+//! A DOCKER_HOST that the user set is respected untouched.
+
+use crate::config::Env;
+use crate::error::Error;
+use crate::rundir::{RunDir, State};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+pub fn main(_name: &str, args: &[String]) -> Result<i32, Error> {
+    // No argh here: every argument belongs to the real docker CLI.
+    let real = real_docker().ok_or_else(|| Error::Usage("no docker CLI on PATH besides this shim; install one (apt-get install docker.io)".into()))?;
+    let mut cmd = Command::new(&real);
+    cmd.args(args);
+    let env = Env::from_process();
+    if env.get("DOCKER_HOST").is_none() {
+        let dir = RunDir::at(&env.rundir()?);
+        if !dir.is_live() {
+            return Err(Error::Fail(format!("no DiQiD VM runs (nothing in {}); start one with diqid-start", dir.path.display())));
+        }
+        if dir.state() != Some(State::Ready) {
+            return Err(Error::Fail(format!("the DiQiD VM in {} is not ready yet; diqid-wait waits for it", dir.path.display())));
+        }
+        for (k, v) in docker_env(&dir)? {
+            cmd.env(k, v);
+        }
+    }
+    Err(Error::Fail(format!("cannot run {}: {}", real.display(), cmd.exec())))
+}
+
+/// The variables that point a docker client at the VM, as diqid-start wrote them.
+pub fn docker_env(dir: &RunDir) -> Result<Vec<(String, String)>, Error> {
+    let text = std::fs::read_to_string(dir.docker_env()).map_err(|e| Error::Fail(format!("cannot read {}: {e}", dir.docker_env().display())))?;
+    Ok(parse_env(&text))
+}
+
+pub fn parse_env(text: &str) -> Vec<(String, String)> {
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// The next `docker` on PATH that is not this binary.
+fn real_docker() -> Option<PathBuf> {
+    let me = std::fs::canonicalize("/proc/self/exe").ok()?;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("docker"))
+        .filter(|p| p.is_file())
+        .find(|p| std::fs::canonicalize(p).ok().is_some_and(|c| c != me))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn env_file_format() {
+        assert_eq!(
+            super::parse_env("DOCKER_HOST=tcp://127.0.0.1:1\nDOCKER_TLS_VERIFY=1\n"),
+            [("DOCKER_HOST".to_string(), "tcp://127.0.0.1:1".to_string()), ("DOCKER_TLS_VERIFY".into(), "1".into())]
+        );
+    }
+}

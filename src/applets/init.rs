@@ -1,0 +1,495 @@
+//! diqid-init: PID 1 inside the VM. Stage one runs from the initramfs: load the
+//! modules, mount the outer root over 9p, switch to it. Stage two, in the same process,
+//! makes the guest-local parts, brings up the network and the volume, starts dockerd,
+//! reaps zombies, and powers off when the host asks over the control channel.
+
+use crate::control::{self, Guest, Host};
+use crate::error::{parse_args, Error};
+use crate::initramfs::MODULE_DIR;
+use crate::qemu::{GUEST_DOCKER_PORT, ROOT_TAG};
+use argh::FromArgs;
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// PID 1 of the DiQiD VM; the initramfs runs it as /init. Not for use elsewhere.
+#[derive(FromArgs)]
+struct Args {}
+
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const VOLUME_DEVICE: &str = "/dev/vda";
+const DOCKER_ROOT: &str = "/var/lib/docker";
+const DOCKERD_LOG: &str = "/run/diqid/dockerd.log";
+/// The network QEMU's user-mode stack gives the guest.
+const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+const NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 0);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+const DNS: &str = "10.0.2.3";
+
+/// dockerd's pid while it runs, and its exit status once it is gone.
+static DOCKERD_PID: AtomicI32 = AtomicI32::new(0);
+static DOCKERD_EXIT: AtomicI32 = AtomicI32::new(i32::MIN);
+/// Set by the reaper when PID 1 has no children left.
+static NO_CHILDREN: AtomicBool = AtomicBool::new(false);
+
+type Channel = Arc<Mutex<File>>;
+
+pub fn main(name: &str, args: &[String]) -> Result<i32, Error> {
+    let _: Args = parse_args(name, args)?;
+    if std::process::id() != 1 {
+        return Err(Error::Usage("diqid-init is the VM's PID 1 and runs only there (the initramfs starts it as /init)".into()));
+    }
+    std::env::set_var("PATH", PATH);
+    let mut channel = None;
+    if let Err(e) = boot(&mut channel) {
+        eprintln!("diqid-init: {e}");
+        if let Some(c) = &channel {
+            send(c, &Guest::Fail(e));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        power_off();
+    }
+    reap_forever()
+}
+
+fn boot(channel: &mut Option<Channel>) -> Result<(), String> {
+    // Stage one: from the initramfs.
+    mount("proc", "/proc", "proc", 0, "")?;
+    mount("sysfs", "/sys", "sysfs", 0, "")?;
+    mount("devtmpfs", "/dev", "devtmpfs", 0, "")?;
+    load_modules()?;
+    let c = open_channel()?;
+    send(&c, &Guest::Hello);
+    phase(&c, "modules");
+    *channel = Some(c.clone());
+    mount_root()?;
+    switch_root()?;
+    phase(&c, "root");
+
+    // Stage two: in the outer root, keeping every write of ours inside the VM.
+    let rundir = kernel_arg("diqid.rundir").ok_or("no diqid.rundir= on the kernel command line")?;
+    guest_local_mounts()?;
+    phase(&c, "mounts");
+    network()?;
+    phase(&c, "network");
+    volume()?;
+    phase(&c, "volume");
+    start_dockerd(&rundir)?;
+    phase(&c, "dockerd-started");
+    let pinger = c.clone();
+    std::thread::spawn(move || wait_ready(&pinger));
+    let commands = c.clone();
+    std::thread::spawn(move || serve_channel(&commands));
+    Ok(())
+}
+
+fn uptime() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+fn send(c: &Channel, msg: &Guest) {
+    if let Ok(mut f) = c.lock() {
+        let _ = f.write_all(msg.line().as_bytes());
+    }
+}
+
+fn phase(c: &Channel, name: &str) {
+    send(c, &Guest::Phase(name.into(), uptime()));
+}
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).expect("no NUL in paths")
+}
+
+fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> Result<(), String> {
+    let (s, t, f, d) = (cstr(src), cstr(target), cstr(fstype), cstr(data));
+    let data_ptr = if data.is_empty() { std::ptr::null() } else { d.as_ptr() as *const libc::c_void };
+    if unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, data_ptr) } != 0 {
+        return Err(format!("mount {fstype} {src} on {target}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn move_mount(from: &str, to: &str) -> Result<(), String> {
+    mount(from, to, "", libc::MS_MOVE, "")
+}
+
+fn load_modules() -> Result<(), String> {
+    let mut files: Vec<_> = fs::read_dir(format!("/{MODULE_DIR}")).map_err(|e| format!("/{MODULE_DIR}: {e}"))?.flatten().map(|e| e.path()).collect();
+    files.sort();
+    for f in files {
+        let file = File::open(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), c"".as_ptr(), 0) };
+        let err = std::io::Error::last_os_error();
+        if rc != 0 && err.raw_os_error() != Some(libc::EEXIST) {
+            return Err(format!("loading {}: {err}", f.display()));
+        }
+    }
+    Ok(())
+}
+
+/// Polls `f` until it gives a value or `limit` passes.
+fn retry<T>(limit: Duration, mut f: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+fn open_channel() -> Result<Channel, String> {
+    let dev = retry(Duration::from_secs(5), || {
+        for e in fs::read_dir("/sys/class/virtio-ports").map_err(|e| e.to_string())?.flatten() {
+            if fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == control::PORT_NAME) {
+                return Ok(Path::new("/dev").join(e.file_name()));
+            }
+        }
+        Err(format!("no virtio port named {}", control::PORT_NAME))
+    })?;
+    let f = retry(Duration::from_secs(2), || fs::OpenOptions::new().read(true).write(true).open(&dev).map_err(|e| format!("{}: {e}", dev.display())))?;
+    Ok(Arc::new(Mutex::new(f)))
+}
+
+fn mount_root() -> Result<(), String> {
+    retry(Duration::from_secs(5), || mount(ROOT_TAG, "/newroot", "9p", 0, "trans=virtio,version=9p2000.L,msize=512000,cache=mmap"))
+}
+
+/// Like switch_root(8): free the initramfs, make /newroot the root, keep this process.
+fn switch_root() -> Result<(), String> {
+    let _ = fs::remove_file("/init");
+    let _ = fs::remove_dir_all(format!("/{MODULE_DIR}"));
+    for m in ["/dev", "/proc", "/sys"] {
+        move_mount(m, &format!("/newroot{m}"))?;
+    }
+    std::env::set_current_dir("/newroot").map_err(|e| format!("chdir /newroot: {e}"))?;
+    move_mount(".", "/")?;
+    std::os::unix::fs::chroot(".").map_err(|e| format!("chroot: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+fn kernel_arg(key: &str) -> Option<String> {
+    let cmdline = fs::read_to_string("/proc/cmdline").ok()?;
+    cmdline.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
+}
+
+fn mkdir(p: &str) -> Result<(), String> {
+    fs::create_dir_all(p).map_err(|e| format!("mkdir {p}: {e}"))
+}
+
+fn write(p: &str, contents: &str) -> Result<(), String> {
+    // /etc/resolv.conf is often a symlink; replace it rather than write through it.
+    if fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
+        let _ = fs::remove_file(p);
+    }
+    fs::write(p, contents).map_err(|e| format!("write {p}: {e}"))
+}
+
+/// Everything the guest's daemons write lives in the VM: /run, /dev, and overlays
+/// with a tmpfs upper layer on /etc and /var/lib.
+fn guest_local_mounts() -> Result<(), String> {
+    let nosuid = libc::MS_NOSUID | libc::MS_NODEV;
+    mount("tmpfs", "/run", "tmpfs", nosuid, "mode=755")?;
+    mkdir("/dev/pts")?;
+    mount("devpts", "/dev/pts", "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, "gid=5,mode=620,ptmxmode=666")?;
+    mkdir("/dev/shm")?;
+    mount("tmpfs", "/dev/shm", "tmpfs", nosuid, "mode=1777")?;
+    mount("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid | libc::MS_NOEXEC, "")?;
+    for dir in ["/etc", "/var/lib"] {
+        let base = format!("/run/diqid/overlay{}", dir.replace('/', "-"));
+        mkdir(&format!("{base}/upper"))?;
+        mkdir(&format!("{base}/work"))?;
+        mount("overlay", dir, "overlay", 0, &format!("lowerdir={dir},upperdir={base}/upper,workdir={base}/work"))?;
+    }
+    write("/etc/hostname", "diqid\n")?;
+    write("/etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tdiqid\n")?;
+    write("/etc/resolv.conf", &format!("nameserver {DNS}\n"))?;
+    let host = b"diqid";
+    if unsafe { libc::sethostname(host.as_ptr() as *const libc::c_char, host.len()) } != 0 {
+        return Err(format!("sethostname: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn ifreq(name: &str) -> libc::ifreq {
+    let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in r.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    r
+}
+
+fn ioctl<T>(fd: i32, req: libc::c_ulong, arg: &mut T, what: &str) -> Result<(), String> {
+    if unsafe { libc::ioctl(fd, req as _, arg as *mut T) } != 0 {
+        return Err(format!("{what}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// lo up; eth0 with QEMU user networking's fixed address; a default route.
+fn network() -> Result<(), String> {
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    let up = |name: &str| -> Result<(), String> {
+        let mut r = ifreq(name);
+        retry(Duration::from_secs(3), || ioctl(sock, libc::SIOCGIFFLAGS, &mut r, &format!("{name} flags")))?;
+        unsafe { r.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+        ioctl(sock, libc::SIOCSIFFLAGS, &mut r, &format!("{name} up"))
+    };
+    up("lo")?;
+    let mut r = ifreq("eth0");
+    r.ifr_ifru.ifru_addr = sockaddr(GUEST_IP);
+    retry(Duration::from_secs(3), || ioctl(sock, libc::SIOCSIFADDR, &mut r, "eth0 address"))?;
+    r.ifr_ifru.ifru_netmask = sockaddr(NETMASK);
+    ioctl(sock, libc::SIOCSIFNETMASK, &mut r, "eth0 netmask")?;
+    up("eth0")?;
+    let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
+    route.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
+    route.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
+    route.rt_gateway = sockaddr(GATEWAY);
+    route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+    ioctl(sock, libc::SIOCADDRT, &mut route, "default route")?;
+    unsafe { libc::close(sock) };
+    Ok(())
+}
+
+/// What the first blocks of the volume say it holds.
+#[derive(Debug, PartialEq)]
+pub enum Contents {
+    Blank,
+    Ext4,
+    Other,
+}
+
+pub fn identify(head: &[u8]) -> Contents {
+    if head.len() > 1081 && head[1080] == 0x53 && head[1081] == 0xEF {
+        Contents::Ext4
+    } else if head.iter().all(|&b| b == 0) {
+        Contents::Blank
+    } else {
+        Contents::Other
+    }
+}
+
+/// Mounts the volume on /var/lib/docker, formatting it only when it is blank.
+fn volume() -> Result<(), String> {
+    let mut head = vec![0u8; 64 << 10];
+    let mut dev = retry(Duration::from_secs(5), || File::open(VOLUME_DEVICE).map_err(|e| format!("{VOLUME_DEVICE}: {e}")))?;
+    dev.read_exact(&mut head).map_err(|e| format!("reading {VOLUME_DEVICE}: {e}"))?;
+    drop(dev);
+    match identify(&head) {
+        Contents::Ext4 => {}
+        Contents::Blank => {
+            let out = Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0", "-L", "diqid-docker", "-E", "lazy_itable_init=1,lazy_journal_init=1", VOLUME_DEVICE])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("mkfs.ext4: {e} (is e2fsprogs installed?)"))?;
+            if !out.status.success() {
+                return Err(format!("mkfs.ext4 {VOLUME_DEVICE}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            }
+        }
+        Contents::Other => return Err("the volume holds something that is not an ext4 filesystem; refusing to format it".into()),
+    }
+    mkdir(DOCKER_ROOT)?;
+    mount(VOLUME_DEVICE, DOCKER_ROOT, "ext4", 0, "")
+}
+
+fn start_dockerd(rundir: &str) -> Result<(), String> {
+    mkdir("/run/diqid")?;
+    let log = File::create(DOCKERD_LOG).map_err(|e| format!("{DOCKERD_LOG}: {e}"))?;
+    let tls = format!("{rundir}/tls/server");
+    let child = Command::new("dockerd")
+        .arg("--host=unix:///run/docker.sock")
+        .arg(format!("--host=tcp://0.0.0.0:{GUEST_DOCKER_PORT}"))
+        .arg("--tlsverify")
+        .arg(format!("--tlscacert={tls}/ca.pem"))
+        .arg(format!("--tlscert={tls}/cert.pem"))
+        .arg(format!("--tlskey={tls}/key.pem"))
+        .env("HOME", "/root")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start dockerd: {e} (is docker.io installed?)"))?;
+    DOCKERD_PID.store(child.id() as i32, Ordering::SeqCst);
+    std::mem::forget(child); // the reaper collects it
+    Ok(())
+}
+
+fn dockerd_exited() -> Option<i32> {
+    let s = DOCKERD_EXIT.load(Ordering::SeqCst);
+    (s != i32::MIN).then_some(s)
+}
+
+/// Answers when dockerd answers _ping on its socket, or says why it never will.
+fn wait_ready(c: &Channel) {
+    loop {
+        if let Some(status) = dockerd_exited() {
+            show_dockerd_log();
+            send(c, &Guest::Fail(format!("dockerd exited with status {status} before it answered")));
+            return;
+        }
+        if ping() {
+            phase(c, "ready");
+            send(c, &Guest::Ready);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Afterwards, only a death of dockerd is news.
+    while dockerd_exited().is_none() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if !SHUTTING_DOWN.load(Ordering::SeqCst) {
+        show_dockerd_log();
+        send(c, &Guest::Fail(format!("dockerd exited with status {}", dockerd_exited().unwrap_or(-1))));
+    }
+}
+
+fn ping() -> bool {
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect("/run/docker.sock") else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply.starts_with("HTTP/1.") && reply.contains(" 200 ") && reply.ends_with("OK")
+}
+
+/// The end of dockerd's log, onto the console, where the host shows it.
+fn show_dockerd_log() {
+    let log = fs::read_to_string(DOCKERD_LOG).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    for l in &lines[lines.len().saturating_sub(10)..] {
+        eprintln!("dockerd: {l}");
+    }
+}
+
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+fn serve_channel(c: &Channel) {
+    let reader = match c.lock().ok().and_then(|f| f.try_clone().ok()) {
+        Some(f) => f,
+        None => return,
+    };
+    for line in BufReader::new(reader).lines() {
+        let Ok(line) = line else { break };
+        if let Some(Host::Shutdown(secs)) = Host::parse(&line) {
+            shutdown(c, Duration::from_secs(secs));
+        }
+    }
+}
+
+/// Stops dockerd (which stops its containers), then everything else, then writes the
+/// volume out, unmounts it and powers off.
+fn shutdown(c: &Channel, budget: Duration) {
+    SHUTTING_DOWN.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + budget;
+    phase(c, "stopping");
+    let pid = DOCKERD_PID.load(Ordering::SeqCst);
+    if pid > 0 && dockerd_exited().is_none() {
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let dockerd_deadline = deadline.checked_sub(Duration::from_secs(2)).unwrap_or(deadline);
+        while dockerd_exited().is_none() && Instant::now() < dockerd_deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for (sig, wait) in [(libc::SIGTERM, Duration::from_millis(1000)), (libc::SIGKILL, Duration::from_millis(500))] {
+        NO_CHILDREN.store(false, Ordering::SeqCst);
+        unsafe { libc::kill(-1, sig) };
+        let until = Instant::now() + wait;
+        while !NO_CHILDREN.load(Ordering::SeqCst) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    unsafe { libc::sync() };
+    unmount_volume();
+    phase(c, "stopped");
+    send(c, &Guest::Bye);
+    power_off();
+}
+
+/// Unmounts /var/lib/docker and what is mounted below it, innermost first; if the
+/// volume stays busy, it is at least made read-only so that its journal is clean.
+fn unmount_volume() {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let targets: Vec<&str> = mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|t| t.starts_with(DOCKER_ROOT) || t.starts_with("/run/docker")).collect();
+    for t in targets.iter().rev() {
+        let _ = unsafe { libc::umount2(cstr(t).as_ptr(), libc::MNT_DETACH) };
+    }
+    let root = cstr(DOCKER_ROOT);
+    if unsafe { libc::umount2(root.as_ptr(), 0) } != 0 {
+        let _ = mount(VOLUME_DEVICE, DOCKER_ROOT, "ext4", libc::MS_REMOUNT | libc::MS_RDONLY, "");
+    }
+}
+
+fn power_off() -> ! {
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// PID 1's other duty: collect every child, dockerd's status included.
+fn reap_forever() -> ! {
+    loop {
+        let mut status = 0;
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid < 0 {
+            NO_CHILDREN.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        if pid == DOCKERD_PID.load(Ordering::SeqCst) {
+            let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+            DOCKERD_EXIT.store(code, Ordering::SeqCst);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifies_what_the_volume_holds() {
+        let mut head = vec![0u8; 64 << 10];
+        assert_eq!(identify(&head), Contents::Blank);
+        head[1080] = 0x53;
+        head[1081] = 0xEF;
+        assert_eq!(identify(&head), Contents::Ext4);
+        head[1080] = 0;
+        assert_eq!(identify(&head), Contents::Other);
+        let mut xfs = vec![0u8; 64 << 10];
+        xfs[..4].copy_from_slice(b"XFSB");
+        assert_eq!(identify(&xfs), Contents::Other);
+    }
+}

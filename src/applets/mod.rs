@@ -1,0 +1,8 @@
+//! One module per applet; each opens with its argh struct, whose doc comments are the
+//! applet's --help.
+
+pub mod docker;
+pub mod init;
+pub mod start;
+pub mod volume;
+pub mod wait;

@@ -1,0 +1,440 @@
+//! diqid-start: the entrypoint. Volume, initramfs, QEMU, wait, CMD, clean shutdown.
+
+use crate::applets::volume::{self, Origin};
+use crate::applets::wait::{wait_for, with_console, Poll};
+use crate::config::{Accel, Env, StartConfig};
+use crate::control::{Guest, Host};
+use crate::error::{fail, parse_args, Context, Error};
+use crate::qemu::{self, Vm};
+use crate::qmp::Qmp;
+use crate::rundir::{RunDir, State};
+use crate::{initramfs, tls};
+use argh::FromArgs;
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+use wait_timeout::ChildExt;
+
+/// Boot a QEMU VM whose dockerd serves this machine, run CMD with docker pointed at
+/// it, shut the VM down cleanly and exit with CMD's status. Without CMD: a shell when
+/// stdin is a terminal, else serve until signalled. Flags override the environment
+/// variables named in their help.
+#[derive(FromArgs)]
+struct Args {
+    /// memory of the VM (MEMORY, default 1G)
+    #[argh(option)]
+    memory: Option<String>,
+    /// virtual CPUs (CPUS, default: the CPUs this process may use)
+    #[argh(option)]
+    cpus: Option<String>,
+    /// volume size (DOCKER_VOLUME_SIZE, default 20G)
+    #[argh(option)]
+    volume_size: Option<String>,
+    /// volume file to use or create (DOCKER_VOLUME_FILE, default: a temporary one)
+    #[argh(option)]
+    volume_file: Option<String>,
+    /// accelerator: auto, kvm or tcg (DIQID_ACCEL, default auto)
+    #[argh(option)]
+    accel: Option<String>,
+    /// guest kernel image (DIQID_KERNEL, default: the newest /boot/vmlinuz-*)
+    #[argh(option)]
+    kernel: Option<String>,
+    /// runtime directory (DIQID_RUNDIR, default $XDG_RUNTIME_DIR/diqid or /tmp/diqid-UID)
+    #[argh(option)]
+    rundir: Option<String>,
+    /// the command to run, and its arguments
+    #[argh(positional, greedy)]
+    command: Vec<String>,
+}
+
+/// How long a KVM that opens may take to show that the guest runs.
+const KVM_PROBE: Duration = Duration::from_secs(4);
+
+/// The pid of the running CMD, for signal forwarding (0: none).
+static CMD_PID: AtomicI32 = AtomicI32::new(0);
+/// Signals received while no CMD ran.
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+pub fn main(name: &str, args: &[String]) -> Result<i32, Error> {
+    let args: Args = parse_args(name, args)?;
+    let mut env = Env::from_process();
+    for (var, value) in [
+        ("MEMORY", args.memory),
+        ("CPUS", args.cpus),
+        ("DOCKER_VOLUME_SIZE", args.volume_size),
+        ("DOCKER_VOLUME_FILE", args.volume_file),
+        ("DIQID_ACCEL", args.accel),
+        ("DIQID_KERNEL", args.kernel),
+        ("DIQID_RUNDIR", args.rundir),
+    ] {
+        env.set(var, value);
+    }
+    let cfg = StartConfig::load(&env)?;
+    let qemu = volume::find_program("qemu-system-x86_64")
+        .ok_or_else(|| Error::Usage("qemu-system-x86_64 not found on PATH; install it (apt-get install qemu-system-x86)".into()))?;
+    volume::qemu_img()?;
+    if cfg.accel == Accel::Kvm && !qemu::kvm_openable() {
+        return Err(Error::Usage("DIQID_ACCEL=kvm, but /dev/kvm cannot be opened for reading and writing; use DIQID_ACCEL=auto or tcg".into()));
+    }
+    let volume_path = volume::path_of(&cfg.volume, &cfg.rundir);
+    if cfg.volume.file.is_some() {
+        precheck_volume(&volume_path)?;
+    }
+    install_signal_handlers()?;
+
+    let (dir, _lock) = RunDir::create(&cfg.rundir)?;
+    let mut inst = Instance { cfg, dir, qemu, volume: volume_path, origin: None, vm: None };
+    let result = inst.run(name, &args.command);
+    let stopped = inst.stop(name);
+    inst.cleanup();
+    match (result, stopped) {
+        (Ok(status), Ok(())) => Ok(status),
+        (Ok(_), Err(e)) | (Err(e), _) => Err(e),
+    }
+}
+
+/// Checks a user-given volume before anything is created: usage errors come first.
+fn precheck_volume(path: &Path) -> Result<(), Error> {
+    if path.symlink_metadata().is_ok() {
+        volume::ensure(path, 0).map(|_| ())
+    } else {
+        match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() && !d.is_dir() => Err(Error::Usage(format!(
+                "DOCKER_VOLUME_FILE={}: the directory {} does not exist; create it or choose another path",
+                path.display(),
+                d.display()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn install_signal_handlers() -> Result<(), Error> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT]).ctx(|| "cannot install signal handlers".into())?;
+    let tty = std::io::stdin().is_terminal();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            let pid = CMD_PID.load(Ordering::SeqCst);
+            // A terminal already sent SIGINT and SIGQUIT to CMD, which shares its group.
+            let from_tty = tty && (sig == SIGINT || sig == SIGQUIT);
+            if pid > 0 {
+                if !from_tty {
+                    unsafe { libc::kill(pid, sig) };
+                }
+            } else {
+                LAST_SIGNAL.store(sig, Ordering::SeqCst);
+                SIGNALS.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    Ok(())
+}
+
+fn interrupted() -> Option<i32> {
+    (SIGNALS.load(Ordering::SeqCst) > 0).then(|| LAST_SIGNAL.load(Ordering::SeqCst))
+}
+
+struct Instance {
+    cfg: StartConfig,
+    dir: RunDir,
+    qemu: PathBuf,
+    volume: PathBuf,
+    origin: Option<Origin>,
+    vm: Option<Running>,
+}
+
+/// A QEMU process and its end of the control channel.
+struct Running {
+    child: Child,
+    control: UnixStream,
+    events: Receiver<Guest>,
+    hello: bool,
+    ready: bool,
+    failed: Option<String>,
+    exit: Option<String>,
+}
+
+impl Running {
+    /// Takes in what the guest said since the last call.
+    fn pump(&mut self) {
+        while let Ok(ev) = self.events.try_recv() {
+            match ev {
+                Guest::Hello => self.hello = true,
+                Guest::Ready => self.ready = true,
+                Guest::Fail(why) => self.failed = Some(why),
+                Guest::Phase(..) | Guest::Bye => {}
+            }
+        }
+    }
+
+    /// Why QEMU is gone, once it is.
+    fn gone(&mut self, dir: &RunDir) -> Option<String> {
+        if self.exit.is_none() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log = std::fs::read_to_string(dir.qemu_log()).unwrap_or_default();
+                let log: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+                let log = log[log.len().saturating_sub(5)..].join("\n");
+                self.exit = Some(if log.is_empty() { format!("QEMU exited ({status})") } else { format!("QEMU exited ({status}): {log}") });
+            }
+        }
+        self.exit.clone()
+    }
+}
+
+impl Instance {
+    fn run(&mut self, name: &str, command: &[String]) -> Result<i32, Error> {
+        let started = Instant::now();
+        self.origin = Some(volume::ensure(&self.volume, self.cfg.volume.size)?);
+        tls::generate(&self.dir.tls())?;
+        let cache = initramfs::default_cache_dir().filter(|d| std::fs::create_dir_all(d).is_ok()).unwrap_or_else(|| self.dir.path.clone());
+        let initrd = initramfs::get(&self.cfg.kernel, &cache)?;
+        let port = free_port()?;
+        self.dir.set_state(&State::Booting)?;
+
+        let accel = match self.cfg.accel {
+            Accel::Auto if qemu::kvm_openable() => Accel::Auto,
+            Accel::Auto => Accel::Tcg,
+            a => a,
+        };
+        if accel == Accel::Auto {
+            self.vm = Some(self.spawn(Accel::Kvm, &initrd, port, started)?);
+            if !self.probe_kvm() {
+                eprintln!("{name}: KVM opens but the guest does not start under it within {} s; using TCG", KVM_PROBE.as_secs());
+                self.kill();
+                self.vm = Some(self.spawn(Accel::Tcg, &initrd, port, started)?);
+            }
+        } else {
+            self.vm = Some(self.spawn(accel, &initrd, port, started)?);
+        }
+
+        let dir = &self.dir;
+        let vm = self.vm.as_mut().expect("spawned");
+        wait_for(dir, "QEMU", self.cfg.qemu_timeout_start, || {
+            vm.pump();
+            if let Some(s) = interrupted() {
+                return Poll::Dead(format!("interrupted by signal {s}"));
+            }
+            match vm.gone(dir) {
+                Some(why) => Poll::Dead(why),
+                None if vm.hello => Poll::Done,
+                None => Poll::Pending,
+            }
+        })?;
+        wait_for(dir, "dockerd", self.cfg.docker_timeout_start, || {
+            vm.pump();
+            if let Some(s) = interrupted() {
+                return Poll::Dead(format!("interrupted by signal {s}"));
+            }
+            if let Some(why) = vm.gone(dir).or_else(|| vm.failed.clone()) {
+                return Poll::Dead(why);
+            }
+            if vm.ready {
+                Poll::Done
+            } else {
+                Poll::Pending
+            }
+        })?;
+        let env = [
+            ("DOCKER_HOST".to_string(), format!("tcp://127.0.0.1:{port}")),
+            ("DOCKER_TLS_VERIFY".to_string(), "1".to_string()),
+            ("DOCKER_CERT_PATH".to_string(), dir.tls().join("client").to_string_lossy().to_string()),
+        ];
+        let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        dir.write("docker.env", &text)?;
+        dir.set_state(&State::Ready)?;
+        self.run_command(name, command, &env)
+    }
+
+    /// Under auto, with a /dev/kvm that opens: true once the guest's init says hello.
+    fn probe_kvm(&mut self) -> bool {
+        let deadline = Instant::now() + KVM_PROBE;
+        let vm = self.vm.as_mut().expect("spawned");
+        while Instant::now() < deadline && interrupted().is_none() {
+            vm.pump();
+            if vm.hello {
+                return true;
+            }
+            if vm.gone(&self.dir).is_some() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn spawn(&self, accel: Accel, initrd: &Path, port: u16, started: Instant) -> Result<Running, Error> {
+        for s in [self.dir.qmp(), self.dir.console(), self.dir.control()] {
+            let _ = std::fs::remove_file(s);
+        }
+        let listener = UnixListener::bind(self.dir.control()).ctx(|| format!("cannot listen on {}", self.dir.control().display()))?;
+        let vm = Vm {
+            accel,
+            memory: self.cfg.memory,
+            cpus: self.cfg.cpus,
+            kernel: &self.cfg.kernel.image,
+            initrd,
+            volume: &self.volume,
+            rundir: &self.dir,
+            docker_port: port,
+        };
+        let log = std::fs::File::create(self.dir.qemu_log()).ctx(|| "cannot create qemu.log".into())?;
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args(vm.args()).stdin(Stdio::null()).stdout(log.try_clone().ctx(|| "qemu.log".into())?).stderr(log);
+        // Its own process group keeps a terminal's ^C away from QEMU; the death signal
+        // takes it down with us, even when we are killed without a chance to clean up.
+        cmd.process_group(0);
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().ctx(|| format!("cannot start {}", self.qemu.display()))?;
+        std::fs::write(self.dir.qemu_pid(), format!("{}\n", child.id())).ctx(|| "cannot write qemu.pid".into())?;
+
+        // QEMU connects to the control socket while it starts up.
+        listener.set_nonblocking(true).ctx(|| "control socket".into())?;
+        let deadline = Instant::now() + self.cfg.qemu_timeout_start;
+        let control = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return fail(format!("control socket: {e}")),
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(self.dir.qemu_log()).unwrap_or_default();
+                return fail(format!("QEMU exited at once ({status}): {}", log.trim()));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return fail("QEMU did not connect to the control channel");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        control.set_nonblocking(false).ctx(|| "control socket".into())?;
+        let (tx, events) = mpsc::channel();
+        let reader = control.try_clone().ctx(|| "control socket".into())?;
+        let phases = self.dir.phases();
+        std::thread::spawn(move || {
+            let mut log = std::fs::OpenOptions::new().create(true).append(true).open(phases).ok();
+            for line in BufReader::new(reader).lines() {
+                let Ok(line) = line else { break };
+                let Some(ev) = Guest::parse(&line) else { continue };
+                if let (Guest::Phase(name, secs), Some(f)) = (&ev, log.as_mut()) {
+                    let _ = writeln!(f, "{name} guest={secs:.3} host={:.3}", started.elapsed().as_secs_f64());
+                }
+                if tx.send(ev).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Running { child, control, events, hello: false, ready: false, failed: None, exit: None })
+    }
+
+    fn run_command(&mut self, name: &str, command: &[String], env: &[(String, String)]) -> Result<i32, Error> {
+        let mut cmd = match command.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest);
+                c
+            }
+            None if std::io::stdin().is_terminal() => Command::new(std::env::var("SHELL").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "/bin/sh".into())),
+            None => return self.serve(name),
+        };
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("{name}: {}: command not found", command[0]);
+                return Ok(127);
+            }
+            Err(e) => {
+                eprintln!("{name}: cannot run {}: {e}", command[0]);
+                return Ok(126);
+            }
+        };
+        CMD_PID.store(child.id() as i32, Ordering::SeqCst);
+        let status = child.wait();
+        CMD_PID.store(0, Ordering::SeqCst);
+        let status = status.ctx(|| "waiting for the command".into())?;
+        Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    }
+
+    /// No CMD and no terminal: keep the VM up until a signal comes or QEMU goes.
+    fn serve(&mut self, name: &str) -> Result<i32, Error> {
+        eprintln!("{name}: serving; DOCKER_HOST and the rest are in {}", self.dir.docker_env().display());
+        let vm = self.vm.as_mut().expect("running");
+        loop {
+            if let Some(sig) = interrupted() {
+                eprintln!("{name}: signal {sig}, stopping");
+                return Ok(0);
+            }
+            if let Some(why) = vm.gone(&self.dir) {
+                return fail(with_console(&self.dir, &why));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Asks the guest to power off; kills QEMU if it overstays QEMU_TIMEOUT_STOP.
+    fn stop(&mut self, name: &str) -> Result<(), Error> {
+        let Some(vm) = self.vm.as_mut() else { return Ok(()) };
+        if vm.gone(&self.dir).is_some() {
+            return Ok(());
+        }
+        let _ = self.dir.set_state(&State::Stopping);
+        let timeout = self.cfg.qemu_timeout_stop;
+        let guest_budget = timeout.as_secs().saturating_sub(2).max(1);
+        let asked = vm.control.write_all(Host::Shutdown(guest_budget).line().as_bytes()).is_ok();
+        let signals_before = SIGNALS.load(Ordering::SeqCst);
+        let deadline = Instant::now() + timeout;
+        while asked && Instant::now() < deadline {
+            // A second signal while we stop skips the graceful part.
+            if SIGNALS.load(Ordering::SeqCst) > signals_before.max(1) {
+                break;
+            }
+            if let Ok(Some(_)) = vm.child.wait_timeout(Duration::from_millis(50)) {
+                return Ok(());
+            }
+        }
+        eprintln!("{name}: the VM did not power off within {} s; stopping QEMU", timeout.as_secs());
+        if let Ok(mut q) = Qmp::connect(&self.dir.qmp(), Duration::from_secs(1)) {
+            let _ = q.execute("quit", None);
+        }
+        if !matches!(vm.child.wait_timeout(Duration::from_secs(2)), Ok(Some(_))) {
+            self.kill();
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut vm) = self.vm.take() {
+            let _ = vm.child.kill();
+            let _ = vm.child.wait();
+        }
+    }
+
+    fn cleanup(&mut self) {
+        self.kill();
+        if let Some(origin) = self.origin {
+            if volume::should_remove(origin, self.cfg.volume.remove) {
+                let _ = std::fs::remove_file(&self.volume);
+            }
+        }
+        self.dir.remove();
+    }
+}
+
+/// A loopback port that is free now, for the docker API forward.
+fn free_port() -> Result<u16, Error> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").ctx(|| "cannot find a free loopback port".into())?;
+    Ok(l.local_addr().ctx(|| "cannot find a free loopback port".into())?.port())
+}
