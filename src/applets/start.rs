@@ -249,7 +249,10 @@ impl Instance {
         let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
         dir.write("docker.env", &text)?;
         dir.set_state(&State::Ready)?;
-        self.run_command(name, command, &env)
+        // CMD may run the docker shim or diqid-wait itself: they find this instance.
+        let mut cmd_env = env.to_vec();
+        cmd_env.push(("DIQID_RUNDIR".into(), dir.path.to_string_lossy().to_string()));
+        self.run_command(name, command, &cmd_env)
     }
 
     /// Under auto, with a /dev/kvm that opens: true once the guest's init says hello.

@@ -1,0 +1,16 @@
+# `make run`: install what is missing, build, and run the main job.
+# `make test`: the same set-up, then every test (unit, integration, end to end).
+export PATH := $(CURDIR)/applets:$(PATH)
+
+.PHONY: setup build run test unit bats
+setup:
+	tools/setup
+build:
+	cargo build --release
+run: setup
+	diqid-start tools/demo
+test: setup unit bats
+unit:
+	cargo test --release
+bats:
+	bats --timing bats/
