@@ -1,5 +1,5 @@
 //! The guest's initramfs: this very binary as /init, plus the kernel modules of
-//! guest/modules and their dependencies. Built from the installed kernel at start and
+//! guest/modules.{boot,late} and their dependencies. Built from the installed kernel at start and
 //! cached; the cache key covers the binary, the kernel and the module list.
 
 use crate::config::Kernel;
@@ -10,9 +10,11 @@ use std::hash::{Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-pub const GUEST_MODULES: &str = include_str!("../guest/modules");
+pub const BOOT_MODULES: &str = include_str!("../guest/modules.boot");
+pub const LATE_MODULES: &str = include_str!("../guest/modules.late");
 
-/// Where the initramfs' modules sit; the init loads them in file-name order.
+/// Where the initramfs' modules sit, in `boot/` and `late/`; the init loads each
+/// group in file-name order.
 pub const MODULE_DIR: &str = "mods";
 
 /// Returns the path of an initramfs for `kernel`, building it when the cache has none.
@@ -55,7 +57,7 @@ fn cache_key(exe: &Path, kernel: &Kernel) -> Result<u64, Error> {
         let m = std::fs::metadata(p).ctx(|| format!("cannot read {}", p.display()))?;
         (p, m.len(), m.mtime(), m.mtime_nsec(), m.ino()).hash(&mut h);
     }
-    GUEST_MODULES.hash(&mut h);
+    (BOOT_MODULES, LATE_MODULES).hash(&mut h);
     Ok(h.finish())
 }
 
@@ -64,20 +66,26 @@ pub fn build(exe: &Path, kernel: &Kernel) -> Result<Vec<u8>, Error> {
     let read = |p: &Path| std::fs::read(p).ctx(|| format!("cannot read {}", p.display()));
     let dep = std::fs::read_to_string(kernel.modules.join("modules.dep")).ctx(|| format!("cannot read {}/modules.dep", kernel.modules.display()))?;
     let builtin = std::fs::read_to_string(kernel.modules.join("modules.builtin")).unwrap_or_default();
-    let order = modules::Deps::parse(&dep, &builtin)
-        .load_order(&modules::list(GUEST_MODULES))
-        .map_err(|e| Error::Usage(format!("kernel {}: {e}", kernel.version)))?;
+    let deps = modules::Deps::parse(&dep, &builtin);
+    let mut seen = std::collections::HashSet::new();
+    let mut groups = Vec::new();
+    for (group, list) in [("boot", BOOT_MODULES), ("late", LATE_MODULES)] {
+        let order = deps.load_order_after(&modules::list(list), &mut seen).map_err(|e| Error::Usage(format!("kernel {}: {e}", kernel.version)))?;
+        groups.push((group, order));
+    }
 
     let mut w = cpio::Writer::new(Vec::new());
     let io = |e: std::io::Error| Error::Fail(format!("cannot build the initramfs: {e}"));
-    for d in ["dev", "proc", "sys", "newroot", MODULE_DIR] {
+    for d in ["dev", "proc", "sys", "newroot", MODULE_DIR, "mods/boot", "mods/late"] {
         w.dir(d, 0o755).map_err(io)?;
     }
     w.char_device("dev/console", 0o600, 5, 1).map_err(io)?;
     w.file("init", 0o755, &read(exe)?).map_err(io)?;
-    for (i, rel) in order.iter().enumerate() {
-        let file = rel.rsplit('/').next().unwrap_or(rel);
-        w.file(&format!("{MODULE_DIR}/{i:03}-{file}"), 0o644, &read(&kernel.modules.join(rel))?).map_err(io)?;
+    for (group, order) in groups {
+        for (i, rel) in order.iter().enumerate() {
+            let file = rel.rsplit('/').next().unwrap_or(rel);
+            w.file(&format!("{MODULE_DIR}/{group}/{i:03}-{file}"), 0o644, &read(&kernel.modules.join(rel))?).map_err(io)?;
+        }
     }
     w.finish().map_err(io)
 }

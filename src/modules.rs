@@ -33,15 +33,20 @@ impl Deps {
     /// The module files to load, dependencies first, each once. Built-in modules are
     /// skipped; an unknown module is an error that names it.
     pub fn load_order(&self, wanted: &[&str]) -> Result<Vec<String>, String> {
+        self.load_order_after(wanted, &mut HashSet::new())
+    }
+
+    /// Like `load_order`, leaving out what `seen` holds (an earlier group's files),
+    /// and adding this group's files to it.
+    pub fn load_order_after(&self, wanted: &[&str], seen: &mut HashSet<String>) -> Result<Vec<String>, String> {
         let mut order = Vec::new();
-        let mut seen = HashSet::new();
         for want in wanted {
             let name = want.replace('-', "_");
             if self.builtin.contains(&name) {
                 continue;
             }
             let (path, _) = self.by_name.get(&name).ok_or_else(|| format!("module {want} is neither in modules.dep nor built in"))?;
-            self.visit(path, &mut seen, &mut order);
+            self.visit(path, seen, &mut order);
         }
         Ok(order)
     }
@@ -99,6 +104,14 @@ kernel/drivers/block/virtio-blk.ko: kernel/drivers/virtio/virtio_ring.ko
     }
 
     #[test]
+    fn a_later_group_skips_what_an_earlier_one_loads() {
+        let d = Deps::parse(DEP, "");
+        let mut seen = HashSet::new();
+        d.load_order_after(&["9pnet_virtio"], &mut seen).unwrap();
+        assert_eq!(d.load_order_after(&["9p"], &mut seen).unwrap(), ["kernel/fs/netfs/netfs.ko", "kernel/fs/fscache/fscache.ko", "kernel/fs/9p/9p.ko"]);
+    }
+
+    #[test]
     fn names_are_normalised_and_unknowns_named() {
         let d = Deps::parse(DEP, "");
         assert_eq!(d.load_order(&["virtio_blk"]).unwrap().last().unwrap(), "kernel/drivers/block/virtio-blk.ko");
@@ -119,7 +132,12 @@ kernel/drivers/block/virtio-blk.ko: kernel/drivers/virtio/virtio_ring.ko
         if dep.is_empty() {
             return;
         }
-        let order = Deps::parse(&dep, &builtin).load_order(&list(crate::initramfs::GUEST_MODULES)).unwrap();
-        assert!(order.iter().any(|p| p.ends_with("/9p.ko")));
+        let deps = Deps::parse(&dep, &builtin);
+        let mut seen = HashSet::new();
+        let boot = deps.load_order_after(&list(crate::initramfs::BOOT_MODULES), &mut seen).unwrap();
+        let late = deps.load_order_after(&list(crate::initramfs::LATE_MODULES), &mut seen).unwrap();
+        assert!(boot.iter().any(|p| p.ends_with("/9p.ko")));
+        assert!(late.iter().any(|p| p.ends_with("/bridge.ko")));
+        assert!(late.iter().all(|p| !boot.contains(p)), "no module twice");
     }
 }

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 pub const GUEST_DOCKER_PORT: u16 = 2376;
 /// The 9p tag of the shared outer root.
 pub const ROOT_TAG: &str = "diqidroot";
+/// The 9p tag of the outer /usr, shared read-only so that the guest may cache it.
+pub const USR_TAG: &str = "diqidusr";
 
 pub struct Vm<'a> {
     pub accel: Accel,
@@ -78,9 +80,13 @@ impl Vm<'_> {
             format!("virtserialport,chardev=control,name={}", control::PORT_NAME),
             // The outer root is the guest's root.
             "-fsdev".into(),
-            format!("local,id=root,path=/,security_model=none,multidevs=remap"),
+            "local,id=root,path=/,security_model=none,multidevs=remap".into(),
             "-device".into(),
             format!("virtio-9p-pci,fsdev=root,mount_tag={ROOT_TAG}"),
+            "-fsdev".into(),
+            "local,id=usr,path=/usr,security_model=none,multidevs=remap,readonly=on".into(),
+            "-device".into(),
+            format!("virtio-9p-pci,fsdev=usr,mount_tag={USR_TAG}"),
             "-drive".into(),
             format!("file={},if=none,id=volume,format=qcow2,cache=writeback,discard=unmap,aio=threads", p(self.volume.to_path_buf())),
             "-device".into(),

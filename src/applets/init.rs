@@ -6,7 +6,7 @@
 use crate::control::{self, Guest, Host};
 use crate::error::{parse_args, Error};
 use crate::initramfs::MODULE_DIR;
-use crate::qemu::{GUEST_DOCKER_PORT, ROOT_TAG};
+use crate::qemu::{GUEST_DOCKER_PORT, ROOT_TAG, USR_TAG};
 use argh::FromArgs;
 use std::ffi::CString;
 use std::fs::{self, File};
@@ -64,7 +64,8 @@ fn boot(channel: &mut Option<Channel>) -> Result<(), String> {
     mount("proc", "/proc", "proc", 0, "")?;
     mount("sysfs", "/sys", "sysfs", 0, "")?;
     mount("devtmpfs", "/dev", "devtmpfs", 0, "")?;
-    load_modules()?;
+    load_modules(&module_files("boot")?)?;
+    let late = module_files("late")?;
     let c = open_channel()?;
     send(&c, &Guest::Hello);
     phase(&c, "modules");
@@ -75,12 +76,17 @@ fn boot(channel: &mut Option<Channel>) -> Result<(), String> {
 
     // Stage two: in the outer root, keeping every write of ours inside the VM.
     let rundir = kernel_arg("diqid.rundir").ok_or("no diqid.rundir= on the kernel command line")?;
+    // What dockerd's networking needs loads meanwhile (the files are open already).
+    let loader = std::thread::spawn(move || load_modules(&late));
+    mount_usr()?;
     guest_local_mounts()?;
     phase(&c, "mounts");
     network()?;
     phase(&c, "network");
     volume()?;
     phase(&c, "volume");
+    loader.join().map_err(|_| "the module loader panicked".to_string())??;
+    phase(&c, "modules-late");
     start_dockerd(&rundir)?;
     phase(&c, "dockerd-started");
     let pinger = c.clone();
@@ -123,15 +129,20 @@ fn move_mount(from: &str, to: &str) -> Result<(), String> {
     mount(from, to, "", libc::MS_MOVE, "")
 }
 
-fn load_modules() -> Result<(), String> {
-    let mut files: Vec<_> = fs::read_dir(format!("/{MODULE_DIR}")).map_err(|e| format!("/{MODULE_DIR}: {e}"))?.flatten().map(|e| e.path()).collect();
-    files.sort();
-    for f in files {
-        let file = File::open(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+/// The module files of one group of the initramfs, opened, in load order.
+fn module_files(group: &str) -> Result<Vec<(String, File)>, String> {
+    let dir = format!("/{MODULE_DIR}/{group}");
+    let mut names: Vec<_> = fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?.flatten().map(|e| e.path()).collect();
+    names.sort();
+    names.iter().map(|p| File::open(p).map(|f| (p.display().to_string(), f)).map_err(|e| format!("{}: {e}", p.display()))).collect()
+}
+
+fn load_modules(files: &[(String, File)]) -> Result<(), String> {
+    for (name, file) in files {
         let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), c"".as_ptr(), 0) };
         let err = std::io::Error::last_os_error();
         if rc != 0 && err.raw_os_error() != Some(libc::EEXIST) {
-            return Err(format!("loading {}: {err}", f.display()));
+            return Err(format!("loading {name}: {err}"));
         }
     }
     Ok(())
@@ -162,8 +173,17 @@ fn open_channel() -> Result<Channel, String> {
     Ok(Arc::new(Mutex::new(f)))
 }
 
+/// The shared root is uncached (`cache=mmap`): what users write through bind mounts
+/// reaches the outer side at once, and outer changes show at once.
 fn mount_root() -> Result<(), String> {
     retry(Duration::from_secs(5), || mount(ROOT_TAG, "/newroot", "9p", 0, "trans=virtio,version=9p2000.L,msize=512000,cache=mmap"))
+}
+
+/// /usr comes read-only over a second 9p device with the page cache on
+/// (`cache=loose`): every binary and library the guest runs lives there, and
+/// re-reading them over 9p at each exec is what made dockerd slow to start.
+fn mount_usr() -> Result<(), String> {
+    mount(USR_TAG, "/usr", "9p", libc::MS_RDONLY, "trans=virtio,version=9p2000.L,msize=512000,cache=loose")
 }
 
 /// Like switch_root(8): free the initramfs, make /newroot the root, keep this process.
