@@ -51,7 +51,7 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("diqid"))
 }
 
-fn cache_key(exe: &Path, kernel: &Kernel) -> Result<u64, Error> {
+pub fn cache_key(exe: &Path, kernel: &Kernel) -> Result<u64, Error> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for p in [exe, kernel.image.as_path(), &kernel.modules.join("modules.dep")] {
         let m = std::fs::metadata(p).ctx(|| format!("cannot read {}", p.display()))?;

@@ -13,6 +13,7 @@ pub mod qmp;
 pub mod rundir;
 pub mod size;
 pub mod tls;
+pub mod vmlinux;
 
 use error::Error;
 use std::path::Path;

@@ -8,7 +8,7 @@ use crate::error::{fail, parse_args, Context, Error};
 use crate::qemu::{self, Vm};
 use crate::qmp::Qmp;
 use crate::rundir::{RunDir, State};
-use crate::{initramfs, tls};
+use crate::{initramfs, tls, vmlinux};
 use argh::FromArgs;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -195,6 +195,8 @@ impl Instance {
         tls::generate(&self.dir.tls())?;
         let cache = initramfs::default_cache_dir().filter(|d| std::fs::create_dir_all(d).is_ok()).unwrap_or_else(|| self.dir.path.clone());
         let initrd = initramfs::get(&self.cfg.kernel, &cache)?;
+        let key = initramfs::cache_key(&self.cfg.kernel.image, &self.cfg.kernel)?;
+        let kernel = vmlinux::get(&self.cfg.kernel.image, &self.cfg.kernel.version, key, &cache).unwrap_or_else(|| self.cfg.kernel.image.clone());
         let port = free_port()?;
         self.dir.set_state(&State::Booting)?;
 
@@ -204,14 +206,14 @@ impl Instance {
             a => a,
         };
         if accel == Accel::Auto {
-            self.vm = Some(self.spawn(Accel::Kvm, &initrd, port, started)?);
+            self.vm = Some(self.spawn(Accel::Kvm, &kernel, &initrd, port, started)?);
             if !self.probe_kvm() {
                 eprintln!("{name}: KVM opens but the guest does not start under it within {} s; using TCG", KVM_PROBE.as_secs());
                 self.kill();
-                self.vm = Some(self.spawn(Accel::Tcg, &initrd, port, started)?);
+                self.vm = Some(self.spawn(Accel::Tcg, &kernel, &initrd, port, started)?);
             }
         } else {
-            self.vm = Some(self.spawn(accel, &initrd, port, started)?);
+            self.vm = Some(self.spawn(accel, &kernel, &initrd, port, started)?);
         }
 
         let dir = &self.dir;
@@ -272,7 +274,7 @@ impl Instance {
         false
     }
 
-    fn spawn(&self, accel: Accel, initrd: &Path, port: u16, started: Instant) -> Result<Running, Error> {
+    fn spawn(&self, accel: Accel, kernel: &Path, initrd: &Path, port: u16, started: Instant) -> Result<Running, Error> {
         for s in [self.dir.qmp(), self.dir.console(), self.dir.control()] {
             let _ = std::fs::remove_file(s);
         }
@@ -281,7 +283,7 @@ impl Instance {
             accel,
             memory: self.cfg.memory,
             cpus: self.cfg.cpus,
-            kernel: &self.cfg.kernel.image,
+            kernel,
             initrd,
             volume: &self.volume,
             rundir: &self.dir,
@@ -326,8 +328,11 @@ impl Instance {
         let (tx, events) = mpsc::channel();
         let reader = control.try_clone().ctx(|| "control socket".into())?;
         let phases = self.dir.phases();
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(phases).ok();
+        if let Some(f) = log.as_mut() {
+            let _ = writeln!(f, "qemu-{} host={:.3}", if accel == Accel::Kvm { "kvm" } else { "tcg" }, started.elapsed().as_secs_f64());
+        }
         std::thread::spawn(move || {
-            let mut log = std::fs::OpenOptions::new().create(true).append(true).open(phases).ok();
             for line in BufReader::new(reader).lines() {
                 let Ok(line) = line else { break };
                 let Some(ev) = Guest::parse(&line) else { continue };
