@@ -206,11 +206,22 @@ impl Instance {
             a => a,
         };
         if accel == Accel::Auto {
-            self.vm = Some(self.spawn(Accel::Kvm, &kernel, &initrd, port, started)?);
-            if !self.probe_kvm() {
-                eprintln!("{name}: KVM opens but the guest does not start under it within {} s; using TCG", KVM_PROBE.as_secs());
-                self.kill();
+            // A KVM that hung the guest once on this boot of the machine, with this
+            // QEMU and kernel, will again: remember it rather than pay the probe.
+            let verdict = cache.join(format!("kvm-hangs-{:016x}", kvm_key(&self.qemu, key)));
+            if verdict.exists() {
+                eprintln!("{name}: KVM hung the guest earlier since this machine booted; using TCG (remove {} to probe again)", verdict.display());
                 self.vm = Some(self.spawn(Accel::Tcg, &kernel, &initrd, port, started)?);
+            } else {
+                self.vm = Some(self.spawn(Accel::Kvm, &kernel, &initrd, port, started)?);
+                if !self.probe_kvm() {
+                    eprintln!("{name}: KVM opens but the guest does not start under it within {} s; using TCG", KVM_PROBE.as_secs());
+                    self.kill();
+                    if interrupted().is_none() {
+                        let _ = std::fs::write(&verdict, "");
+                    }
+                    self.vm = Some(self.spawn(Accel::Tcg, &kernel, &initrd, port, started)?);
+                }
             }
         } else {
             self.vm = Some(self.spawn(accel, &kernel, &initrd, port, started)?);
@@ -439,6 +450,19 @@ impl Instance {
         }
         self.dir.remove();
     }
+}
+
+/// Identifies this boot of the machine, this QEMU and this guest kernel.
+fn kvm_key(qemu: &Path, kernel_key: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().hash(&mut h);
+    if let Ok(m) = std::fs::metadata(qemu) {
+        (m.len(), m.mtime(), m.ino()).hash(&mut h);
+    }
+    kernel_key.hash(&mut h);
+    h.finish()
 }
 
 /// A loopback port that is free now, for the docker API forward.
