@@ -14,3 +14,8 @@ unit:
 	cargo test --release
 bats:
 	bats --timing bats/
+
+# Not part of `make test`: boots about ten VMs and runs the seed's method beside them.
+.PHONY: bench
+bench: setup
+	python3 bench/bench.py

@@ -26,6 +26,7 @@ pub const APPLETS: &[(&str, Entry)] = &[
     ("diqid-start", applets::start::main),
     ("diqid-wait", applets::wait::main),
     ("diqid-volume", applets::volume::main),
+    ("diqid-console", applets::console::main),
     ("diqid-init", applets::init::main),
     ("docker", applets::docker::main),
 ];

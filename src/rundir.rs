@@ -140,7 +140,7 @@ impl RunDir {
     /// Removes what an earlier instance left, except the lock (held by us now), the
     /// logs, and a kept temporary volume. Files we do not know stay.
     pub fn clean(&self) {
-        for name in ["qmp.sock", "console.sock", "control.sock", "qemu.pid", "state", "docker.env", "phases"] {
+        for name in ["qmp.sock", "console.sock", "console.sock.lock", "control.sock", "qemu.pid", "state", "docker.env", "phases"] {
             let _ = fs::remove_file(self.file(name));
         }
         let _ = fs::remove_dir_all(self.tls());

@@ -217,7 +217,7 @@ fn write(p: &str, contents: &str) -> Result<(), String> {
 }
 
 /// Everything the guest's daemons write lives in the VM: /run, /dev, and overlays
-/// with a tmpfs upper layer on /etc and /var/lib.
+/// with a tmpfs upper layer on /etc, /var/lib and /var/log (login's records).
 fn guest_local_mounts() -> Result<(), String> {
     let nosuid = libc::MS_NOSUID | libc::MS_NODEV;
     mount("tmpfs", "/run", "tmpfs", nosuid, "mode=755")?;
@@ -226,7 +226,7 @@ fn guest_local_mounts() -> Result<(), String> {
     mkdir("/dev/shm")?;
     mount("tmpfs", "/dev/shm", "tmpfs", nosuid, "mode=1777")?;
     mount("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid | libc::MS_NOEXEC, "")?;
-    for dir in ["/etc", "/var/lib"] {
+    for dir in ["/etc", "/var/lib", "/var/log"] {
         let base = format!("/run/diqid/overlay{}", dir.replace('/', "-"));
         mkdir(&format!("{base}/upper"))?;
         mkdir(&format!("{base}/work"))?;
@@ -235,11 +235,71 @@ fn guest_local_mounts() -> Result<(), String> {
     write("/etc/hostname", "diqid\n")?;
     write("/etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tdiqid\n")?;
     write("/etc/resolv.conf", &format!("nameserver {DNS}\n"))?;
+    console_login_files()?;
     let host = b"diqid";
     if unsafe { libc::sethostname(host.as_ptr() as *const libc::c_char, host.len()) } != 0 {
         return Err(format!("sethostname: {}", std::io::Error::last_os_error()));
     }
     Ok(())
+}
+
+const ROOT_HOME: &str = "/run/diqid/root";
+const MOTD: &str = include_str!("../../guest/motd");
+
+/// Root logs in on the console without a password, in the guest's /etc only, and
+/// with a home in the VM so that a shell's history never lands in the outer /root.
+fn console_login_files() -> Result<(), String> {
+    let edit = |path: &str, f: &dyn Fn(&str) -> String| -> Result<(), String> {
+        let text = fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        let out: String = text.lines().map(|l| if l.starts_with("root:") { f(l) } else { l.to_string() } + "\n").collect();
+        write(path, &out)
+    };
+    edit("/etc/shadow", &|l| root_without_password(l))?;
+    edit("/etc/passwd", &|l| root_home(l, ROOT_HOME))?;
+    mkdir(ROOT_HOME)?;
+    write("/etc/motd", MOTD)
+}
+
+/// `root:HASH:rest` -> `root::rest`.
+pub fn root_without_password(line: &str) -> String {
+    let mut f: Vec<&str> = line.split(':').collect();
+    if f.len() > 1 {
+        f[1] = "";
+    }
+    f.join(":")
+}
+
+/// `root:x:0:0:gecos:HOME:shell` with HOME replaced.
+pub fn root_home(line: &str, home: &str) -> String {
+    let mut f: Vec<&str> = line.split(':').collect();
+    if f.len() == 7 {
+        f[5] = home;
+    }
+    f.join(":")
+}
+
+static GETTY_PID: AtomicI32 = AtomicI32::new(0);
+
+/// A login prompt on the serial console (`diqid login:`), started again after logout.
+fn spawn_getty() {
+    let mut cmd = Command::new("agetty");
+    cmd.args(["--noclear", "--local-line", "--8bits", "ttyS0", "115200", "xterm"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // A session of its own, so that ttyS0 can become the login's controlling terminal
+    // (job control); PID 1 holds the console without one.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd.spawn();
+    match child {
+        Ok(c) => {
+            GETTY_PID.store(c.id() as i32, Ordering::SeqCst);
+            std::mem::forget(c);
+        }
+        Err(e) => eprintln!("diqid-init: no login on the console: agetty: {e}"),
+    }
 }
 
 fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
@@ -376,6 +436,7 @@ fn wait_ready(c: &Channel) {
         if ping() {
             phase(c, "ready");
             send(c, &Guest::Ready);
+            spawn_getty();
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -480,6 +541,7 @@ fn power_off() -> ! {
 
 /// PID 1's other duty: collect every child, dockerd's status included.
 fn reap_forever() -> ! {
+    let mut last_getty = Instant::now();
     loop {
         let mut status = 0;
         let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
@@ -492,12 +554,28 @@ fn reap_forever() -> ! {
             let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
             DOCKERD_EXIT.store(code, Ordering::SeqCst);
         }
+        if pid == GETTY_PID.load(Ordering::SeqCst) && !SHUTTING_DOWN.load(Ordering::SeqCst) {
+            // After a logout; the pause keeps a getty that fails at once from spinning.
+            if last_getty.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            last_getty = Instant::now();
+            spawn_getty();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_logs_in_without_a_password_and_with_a_home_in_the_vm() {
+        assert_eq!(root_without_password("root:$y$j9T$abc:20228:0:99999:7:::"), "root::20228:0:99999:7:::");
+        assert_eq!(root_without_password("root:*:1::::::"), "root::1::::::");
+        assert_eq!(root_home("root:x:0:0:root:/root:/bin/bash", "/run/diqid/root"), "root:x:0:0:root:/run/diqid/root:/bin/bash");
+        assert_eq!(root_home("odd", "/h"), "odd");
+    }
 
     #[test]
     fn identifies_what_the_volume_holds() {
