@@ -37,7 +37,14 @@ def boot(cmd_script, extra_env=None):
 
 
 def values(lines, key):
-    return [float(l.split("=", 1)[1]) for l in lines if l.startswith(key + "=")]
+    """KEY=number lines; busybox time's `0m 1.23s` counts as seconds."""
+    out = []
+    for l in lines:
+        if l.startswith(key + "="):
+            v = l.split("=", 1)[1]
+            m = re.fullmatch(r"\s*(\d+)m\s*([\d.]+)s\s*", v)
+            out.append(int(m.group(1)) * 60 + float(m.group(2)) if m else float(v))
+    return out
 
 
 def dd_seconds(text):
@@ -69,10 +76,11 @@ for i in 1 2 3 4 5; do s=$(now); docker run --rm {IMAGE} true; printf 'run=%s\\n
 sleep 10
 printf 'rss=%s\\n' "$(awk '/VmRSS/{{print $2/1024}}' /proc/$(cat "$DIQID_RUNDIR/qemu.pid")/status)"
 for i in 1 2; do
-  docker run --rm -v {bench_dir}:{bench_dir} {IMAGE} dd if=/dev/zero of={bench_dir}/f bs=1M count={mb} conv=fsync 2>&1 | sed -n 's/.*copied, \\([0-9.]*\\) *s.*/bind_w=\\1/p'
-  docker run --rm -v {bench_dir}:{bench_dir} {IMAGE} dd if={bench_dir}/f of=/dev/null bs=1M 2>&1 | sed -n 's/.*copied, \\([0-9.]*\\) *s.*/bind_r=\\1/p'
-  docker run --rm -v benchvol:/data {IMAGE} dd if=/dev/zero of=/data/f bs=1M count={mb} conv=fsync 2>&1 | sed -n 's/.*copied, \\([0-9.]*\\) *s.*/vol_w=\\1/p'
-  docker run --rm --privileged -v benchvol:/data {IMAGE} sh -c 'sync; echo 3 > /proc/sys/vm/drop_caches; dd if=/data/f of=/dev/null bs=1M' 2>&1 | sed -n 's/.*copied, \\([0-9.]*\\) *s.*/vol_r=\\1/p'
+  t() {{ key=$1; shift; printf '%s=%s\n' "$key" "$("$@" 2>&1 | sed -n 's/^real[[:space:]]*//p')"; }}
+  t bind_w docker run --rm -v {bench_dir}:{bench_dir} {IMAGE} time dd if=/dev/zero of={bench_dir}/f bs=1M count={mb} conv=fsync
+  t bind_r docker run --rm -v {bench_dir}:{bench_dir} {IMAGE} time dd if={bench_dir}/f of=/dev/null bs=1M
+  t vol_w docker run --rm -v benchvol:/data {IMAGE} time dd if=/dev/zero of=/data/f bs=1M count={mb} conv=fsync
+  t vol_r docker run --rm --privileged -v benchvol:/data {IMAGE} sh -c 'sync; echo 3 > /proc/sys/vm/drop_caches; time dd if=/data/f of=/dev/null bs=1M'
 done
 printf 'end=%s\\n' "$(now)"
 """

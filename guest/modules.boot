@@ -10,3 +10,4 @@ virtio_blk
 9p
 ext4
 overlay
+virtio_balloon

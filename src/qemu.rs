@@ -36,7 +36,7 @@ impl Vm<'_> {
         let p = |p: PathBuf| p.to_string_lossy().to_string();
         let (accel, cpu) = match self.accel {
             Accel::Kvm => ("kvm", "host"),
-            _ => ("tcg,thread=multi", "max"),
+            _ => ("tcg,thread=multi,tb-size=128", "max"),
         };
         let mut a: Vec<String> = vec![
             "-name".into(),
@@ -97,6 +97,8 @@ impl Vm<'_> {
             "virtio-net-pci,netdev=net".into(),
             "-device".into(),
             "virtio-rng-pci".into(),
+            "-device".into(),
+            "virtio-balloon-pci,free-page-reporting=on".into(),
         ];
         a.shrink_to_fit();
         a
@@ -134,7 +136,7 @@ mod tests {
     fn command_line_has_every_part() {
         let r = RunDir::at(Path::new("/run/d"));
         let a = vm(Accel::Tcg, &r).args();
-        assert_eq!(after(&a, "-accel"), ["tcg,thread=multi"]);
+        assert_eq!(after(&a, "-accel"), ["tcg,thread=multi,tb-size=128"]);
         assert_eq!(after(&a, "-cpu"), ["max"]);
         assert_eq!(after(&a, "-m"), ["1024M"]);
         assert_eq!(after(&a, "-smp"), ["2"]);
