@@ -19,3 +19,8 @@ bats:
 .PHONY: bench
 bench: setup
 	python3 bench/bench.py
+
+# Not part of `make test`: 20 start/stop cycles on one kept volume.
+.PHONY: soak
+soak: setup
+	tools/soak 20

@@ -36,7 +36,7 @@ impl Vm<'_> {
         let p = |p: PathBuf| p.to_string_lossy().to_string();
         let (accel, cpu) = match self.accel {
             Accel::Kvm => ("kvm", "host"),
-            _ => ("tcg,thread=multi,tb-size=128", "max"),
+            _ => ("tcg,thread=multi,tb-size=256", "max"),
         };
         let mut a: Vec<String> = vec![
             "-name".into(),
@@ -136,7 +136,7 @@ mod tests {
     fn command_line_has_every_part() {
         let r = RunDir::at(Path::new("/run/d"));
         let a = vm(Accel::Tcg, &r).args();
-        assert_eq!(after(&a, "-accel"), ["tcg,thread=multi,tb-size=128"]);
+        assert_eq!(after(&a, "-accel"), ["tcg,thread=multi,tb-size=256"]);
         assert_eq!(after(&a, "-cpu"), ["max"]);
         assert_eq!(after(&a, "-m"), ["1024M"]);
         assert_eq!(after(&a, "-smp"), ["2"]);

@@ -60,6 +60,10 @@ static CMD_PID: AtomicI32 = AtomicI32::new(0);
 /// Signals received while no CMD ran.
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
 static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// The running QEMU's pid, so that the orphan reaper leaves it alone.
+static QEMU_PID: AtomicI32 = AtomicI32::new(0);
+/// Held while CMD is spawned and its pid not yet recorded.
+static SPAWN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 pub fn main(name: &str, args: &[String]) -> Result<i32, Error> {
     let args: Args = parse_args(name, args)?;
@@ -313,6 +317,7 @@ impl Instance {
             });
         }
         let mut child = cmd.spawn().ctx(|| format!("cannot start {}", self.qemu.display()))?;
+        QEMU_PID.store(child.id() as i32, Ordering::SeqCst);
         std::fs::write(self.dir.qemu_pid(), format!("{}\n", child.id())).ctx(|| "cannot write qemu.pid".into())?;
 
         // QEMU connects to the control socket while it starts up.
@@ -326,6 +331,12 @@ impl Instance {
             }
             if let Ok(Some(status)) = child.try_wait() {
                 let log = std::fs::read_to_string(self.dir.qemu_log()).unwrap_or_default();
+                if log.contains("Failed to get \"write\" lock") {
+                    return Err(Error::Usage(format!(
+                        "the volume {} is in use by another VM (QEMU holds a lock on it); give each instance its own DOCKER_VOLUME_FILE",
+                        self.volume.display()
+                    )));
+                }
                 return fail(format!("QEMU exited at once ({status}): {}", log.trim()));
             }
             if Instant::now() > deadline {
@@ -369,6 +380,11 @@ impl Instance {
             None => return self.serve(name),
         };
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        if std::process::id() == 1 {
+            // Started only now: before, our own helpers (qemu-img, openssl) must reap theirs.
+            std::thread::spawn(reap_orphans);
+        }
+        let spawning = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -381,9 +397,13 @@ impl Instance {
             }
         };
         CMD_PID.store(child.id() as i32, Ordering::SeqCst);
+        drop(spawning);
         let status = child.wait();
         CMD_PID.store(0, Ordering::SeqCst);
         let status = status.ctx(|| "waiting for the command".into())?;
+        if let Some(why) = self.vm.as_mut().and_then(|vm| vm.gone(&self.dir)) {
+            eprintln!("{name}: the VM went away while the command ran: {}", with_console(&self.dir, &why));
+        }
         Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
     }
 
@@ -416,13 +436,19 @@ impl Instance {
         let signals_before = SIGNALS.load(Ordering::SeqCst);
         let deadline = Instant::now() + timeout;
         while asked && Instant::now() < deadline {
-            // A second signal while we stop skips the graceful part.
-            if SIGNALS.load(Ordering::SeqCst) > signals_before.max(1) {
+            // A signal while we stop (the second one, when the first began the stop)
+            // skips the graceful part.
+            if SIGNALS.load(Ordering::SeqCst) > signals_before {
+                eprintln!("{name}: signal during shutdown; stopping QEMU now");
                 break;
             }
             if let Ok(Some(_)) = vm.child.wait_timeout(Duration::from_millis(50)) {
                 return Ok(());
             }
+        }
+        if SIGNALS.load(Ordering::SeqCst) > signals_before {
+            self.kill();
+            return Ok(());
         }
         eprintln!("{name}: the VM did not power off within {} s; stopping QEMU", timeout.as_secs());
         if let Ok(mut q) = Qmp::connect(&self.dir.qmp(), Duration::from_secs(1)) {
@@ -449,6 +475,28 @@ impl Instance {
             }
         }
         self.dir.remove();
+    }
+}
+
+/// As a container's PID 1 we inherit every orphan: reap those that are not our own
+/// children (CMD and QEMU are waited for by their owners). `WNOWAIT` peeks first.
+fn reap_orphans() {
+    let ours = |pid: i32| pid == CMD_PID.load(Ordering::SeqCst) || QEMU_PID.load(Ordering::SeqCst) == pid;
+    loop {
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc != 0 {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        let pid = unsafe { info.si_pid() };
+        let _spawning = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+        if ours(pid) || pid == 0 {
+            drop(_spawning);
+            std::thread::sleep(Duration::from_millis(50)); // its owner reaps it
+            continue;
+        }
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
     }
 }
 

@@ -1,0 +1,90 @@
+#!/usr/bin/env bats
+# Service mode, signals and faults, with real VMs.
+
+load helpers
+
+setup() {
+  export DIQID_RUNDIR=$(new_rundir)
+  WORK=$(mktemp -d /tmp/diqid-life.XXXXXX)
+}
+
+teardown() {
+  [ -n "${SVC_PID:-}" ] && kill -9 "$SVC_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+
+# diqid-start with no CMD and no terminal: serves until signalled.
+serve() {
+  diqid-start </dev/null >"$WORK/serve.log" 2>&1 &
+  SVC_PID=$!
+  run diqid-wait
+  [ "$status" = 0 ] || { cat "$WORK/serve.log"; return 1; }
+}
+
+@test "service mode serves the shim until SIGTERM, then stops cleanly and fast" {
+  serve
+  "$ROOT/tools/busybox-image" "$IMAGE"
+  run docker run --rm "$IMAGE" echo served
+  [ "$output" = served ]
+  start=$(date +%s)
+  kill -TERM "$SVC_PID"
+  wait "$SVC_PID"
+  status=$?
+  SVC_PID=
+  [ "$status" = 0 ]
+  [ $(( $(date +%s) - start )) -lt 10 ]
+  grep -q "serving" "$WORK/serve.log"
+  ! grep -q "did not power off" "$WORK/serve.log"
+  no_qemu_left "$DIQID_RUNDIR"
+}
+
+@test "SIGTERM goes to CMD, and CMD's status (or 128+signal) is diqid-start's" {
+  diqid-start sh -c "trap 'exit 7' TERM; touch '$WORK/up'; while :; do sleep 0.1; done" </dev/null >"$WORK/log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 3000); do [ -e "$WORK/up" ] && break; kill -0 $pid || break; sleep 0.1; done
+  [ -e "$WORK/up" ]
+  kill -TERM $pid
+  status=0; wait $pid || status=$?
+  [ "$status" = 7 ] || { cat "$WORK/log"; false; }
+  no_qemu_left "$DIQID_RUNDIR"
+  run diqid-start sh -c 'kill -9 $$'
+  [ "$status" = 137 ]
+  no_qemu_left "$DIQID_RUNDIR"
+}
+
+@test "QEMU killed: diqid-start notices at once, says why, exits 1, leaves nothing" {
+  serve
+  kill -9 "$(cat "$DIQID_RUNDIR/qemu.pid")"
+  start=$(date +%s)
+  status=0; wait "$SVC_PID" || status=$?
+  SVC_PID=
+  [ "$status" = 1 ]
+  [ $(( $(date +%s) - start )) -lt 5 ]
+  grep -q "QEMU exited" "$WORK/serve.log"
+  no_qemu_left "$DIQID_RUNDIR"
+  run docker ps
+  [ "$status" = 1 ]
+  [[ "$output" == *"no DiQiD VM runs"* ]]
+}
+
+@test "a kept volume survives QEMU killed in the middle of writes; no second VM may open it" {
+  export DOCKER_VOLUME_FILE="$WORK/docker.qcow2"
+  serve
+  "$ROOT/tools/busybox-image" "$IMAGE"
+  docker run --rm -v data:/d "$IMAGE" sh -c 'dd if=/dev/urandom of=/d/file bs=1M count=8 2>/dev/null; md5sum /d/file > /d/sum; sync'
+  # the same volume in a second instance: refused, readable, nothing left
+  DIQID_RUNDIR=$(new_rundir) run diqid-start true
+  [ "$status" = 2 ]
+  [[ "$output" == *"is in use by another VM"* ]]
+  # writes in flight, then QEMU dies
+  docker run -d -v data:/d "$IMAGE" sh -c 'while :; do dd if=/dev/zero of=/d/scratch bs=1M count=4 2>/dev/null; done' >/dev/null
+  sleep 2
+  kill -9 "$(cat "$DIQID_RUNDIR/qemu.pid")"
+  wait "$SVC_PID" || true
+  SVC_PID=
+  [ -f "$DOCKER_VOLUME_FILE" ]
+  run diqid-start docker run --rm -v data:/d "$IMAGE" md5sum -c /d/sum
+  [ "$status" = 0 ] || { echo "$output"; false; }
+  [[ "$output" == *"/d/file: OK"* ]]
+  no_qemu_left "$DIQID_RUNDIR"
+}
