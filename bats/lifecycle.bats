@@ -68,7 +68,7 @@ serve() {
 }
 
 @test "a kept volume survives QEMU killed in the middle of writes; no second VM may open it" {
-  export DOCKER_VOLUME_FILE="$WORK/docker.qcow2"
+  export DOCKER_VOLUME_FILE="$WORK/docker.qcow2" DOCKER_VOLUME_REMOVE=false
   serve
   "$ROOT/tools/busybox-image" "$IMAGE"
   docker run --rm -v data:/d "$IMAGE" sh -c 'dd if=/dev/urandom of=/d/file bs=1M count=8 2>/dev/null; md5sum /d/file > /d/sum; sync'

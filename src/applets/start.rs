@@ -233,7 +233,7 @@ impl Instance {
 
         let dir = &self.dir;
         let vm = self.vm.as_mut().expect("spawned");
-        wait_for(dir, "QEMU", self.cfg.qemu_timeout_start, || {
+        let booted = wait_for(dir, "QEMU", self.cfg.qemu_timeout_start, || {
             vm.pump();
             if let Some(s) = interrupted() {
                 return Poll::Dead(format!("interrupted by signal {s}"));
@@ -243,7 +243,12 @@ impl Instance {
                 None if vm.hello => Poll::Done,
                 None => Poll::Pending,
             }
-        })?;
+        });
+        if let Err(e) = booted {
+            return Err(self.volume_in_use().unwrap_or(e));
+        }
+        let dir = &self.dir;
+        let vm = self.vm.as_mut().expect("spawned");
         wait_for(dir, "dockerd", self.cfg.docker_timeout_start, || {
             vm.pump();
             if let Some(s) = interrupted() {
@@ -270,6 +275,17 @@ impl Instance {
         let mut cmd_env = env.to_vec();
         cmd_env.push(("DIQID_RUNDIR".into(), dir.path.to_string_lossy().to_string()));
         self.run_command(name, command, &cmd_env)
+    }
+
+    /// QEMU's image locking keeps a second VM off a volume; say so in our words.
+    fn volume_in_use(&self) -> Option<Error> {
+        let log = std::fs::read_to_string(self.dir.qemu_log()).unwrap_or_default();
+        log.contains("Failed to get \"write\" lock").then(|| {
+            Error::Usage(format!(
+                "the volume {} is in use by another VM (QEMU holds a lock on it); give each instance its own DOCKER_VOLUME_FILE",
+                self.volume.display()
+            ))
+        })
     }
 
     /// Under auto, with a /dev/kvm that opens: true once the guest's init says hello.
@@ -330,13 +346,10 @@ impl Instance {
                 Err(e) => return fail(format!("control socket: {e}")),
             }
             if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(self.dir.qemu_log()).unwrap_or_default();
-                if log.contains("Failed to get \"write\" lock") {
-                    return Err(Error::Usage(format!(
-                        "the volume {} is in use by another VM (QEMU holds a lock on it); give each instance its own DOCKER_VOLUME_FILE",
-                        self.volume.display()
-                    )));
+                if let Some(e) = self.volume_in_use() {
+                    return Err(e);
                 }
+                let log = std::fs::read_to_string(self.dir.qemu_log()).unwrap_or_default();
                 return fail(format!("QEMU exited at once ({status}): {}", log.trim()));
             }
             if Instant::now() > deadline {

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 /// Wait until the VM of DIQID_RUNDIR runs (QEMU_TIMEOUT_START, default 60 s) and its
 /// dockerd answers (DOCKER_TIMEOUT_START, default 300 s). Exit 1 on a timeout, or at
-/// once when QEMU dies, showing the console's last lines.
+/// once when QEMU or diqid-start dies, showing the console's last lines. A diqid-start
+/// that has not begun yet is waited for.
 #[derive(FromArgs)]
 struct Args {}
 
@@ -20,10 +21,14 @@ pub fn main(name: &str, args: &[String]) -> Result<i32, Error> {
     let qemu_timeout = env.seconds("QEMU_TIMEOUT_START", 60)?;
     let docker_timeout = env.seconds("DOCKER_TIMEOUT_START", 300)?;
     let dir = RunDir::at(&env.rundir()?);
+    // diqid-start may still be on its way (a script starts it in the background and
+    // waits at once): its absence is fatal only once it has been seen.
+    let seen = std::cell::Cell::new(false);
     let gone = |dir: &RunDir| -> Option<String> {
         if !dir.is_live() {
-            return Some(format!("no diqid-start runs in {}", dir.path.display()));
+            return seen.get().then(|| format!("diqid-start has stopped (nothing runs in {})", dir.path.display()));
         }
+        seen.set(true);
         match std::fs::read_to_string(dir.qemu_pid()).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
             Some(pid) if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() => Some("QEMU has exited".into()),
             _ => None,
