@@ -88,3 +88,29 @@ serve() {
   [[ "$output" == *"/d/file: OK"* ]]
   no_qemu_left "$DIQID_RUNDIR"
 }
+
+@test "a full volume fails with the daemon's own error, recovers after a prune, and gives its space back" {
+  export DOCKER_VOLUME_FILE="$WORK/small.qcow2" DOCKER_VOLUME_SIZE=1G DOCKER_VOLUME_REMOVE=false
+  serve
+  "$ROOT/tools/busybox-image" "$IMAGE"
+  run docker run --name filler -v fill:/d "$IMAGE" dd if=/dev/zero of=/d/big bs=1M count=2048
+  [ "$status" != 0 ]
+  [[ "$output" == *"No space left on device"* ]]
+  run docker run --rm "$IMAGE" true
+  [ "$status" != 0 ]
+  [[ "$output" == *"no space left on device"* ]] || { echo "$output"; false; }
+  full=$(du -k "$DOCKER_VOLUME_FILE" | cut -f1)
+  docker rm -f filler >/dev/null
+  docker volume rm fill >/dev/null
+  run docker run --rm "$IMAGE" echo recovered
+  [ "$output" = recovered ]
+  # ext4 discards the freed blocks; QEMU punches them out of the qcow2 file
+  for _ in $(seq 1 100); do
+    now=$(du -k "$DOCKER_VOLUME_FILE" | cut -f1)
+    [ "$now" -lt $((full / 2)) ] && break
+    sleep 0.2
+  done
+  [ "$now" -lt $((full / 2)) ] || { echo "volume file: $full KiB full, $now KiB after the prune"; false; }
+  kill -TERM "$SVC_PID"; wait "$SVC_PID"; SVC_PID=
+  no_qemu_left "$DIQID_RUNDIR"
+}

@@ -180,6 +180,8 @@ pub struct StartConfig {
 #[derive(Clone, Debug)]
 pub struct VolumeConfig {
     pub size: u64,
+    /// DOCKER_VOLUME_SIZE was set, rather than defaulted.
+    pub size_given: bool,
     /// `None`: a temporary volume in the runtime directory.
     pub file: Option<PathBuf>,
     pub remove: Option<bool>,
@@ -197,7 +199,7 @@ impl VolumeConfig {
                 return Err(bad("DOCKER_VOLUME_FILE", &text, "must be a file path without commas", "DOCKER_VOLUME_FILE=/var/tmp/docker.qcow2"));
             }
         }
-        Ok(VolumeConfig { size, file, remove: env.boolean("DOCKER_VOLUME_REMOVE")? })
+        Ok(VolumeConfig { size, size_given: env.get("DOCKER_VOLUME_SIZE").is_some(), file, remove: env.boolean("DOCKER_VOLUME_REMOVE")? })
     }
 }
 

@@ -172,6 +172,22 @@ fn volume_applet_creates_shows_and_removes() {
 }
 
 #[test]
+fn a_volume_cannot_shrink() {
+    if Command::new("qemu-img").arg("--version").output().is_err() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let file = t.path().join("v.qcow2");
+    let f = file.to_str().unwrap();
+    assert!(run("diqid-volume", &["create"], &[("DOCKER_VOLUME_FILE", f), ("DOCKER_VOLUME_SIZE", "2G")], &rundir(&t)).status.success());
+    let out = run("diqid-start", &["true"], &[("DOCKER_VOLUME_FILE", f), ("DOCKER_VOLUME_SIZE", "1G")], &rundir(&t));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot shrink") && stderr(&out).contains("(2G)"), "{}", stderr(&out));
+    assert!(!rundir(&t).exists());
+    assert!(file.exists());
+}
+
+#[test]
 fn the_shim_says_when_no_vm_runs() {
     let t = tempfile::tempdir().unwrap();
     let bin = t.path().join("bin");

@@ -88,7 +88,7 @@ pub fn main(name: &str, args: &[String]) -> Result<i32, Error> {
     }
     let volume_path = volume::path_of(&cfg.volume, &cfg.rundir);
     if cfg.volume.file.is_some() {
-        precheck_volume(&volume_path)?;
+        precheck_volume(&volume_path, &cfg.volume)?;
     }
     install_signal_handlers()?;
 
@@ -104,9 +104,9 @@ pub fn main(name: &str, args: &[String]) -> Result<i32, Error> {
 }
 
 /// Checks a user-given volume before anything is created: usage errors come first.
-fn precheck_volume(path: &Path) -> Result<(), Error> {
+fn precheck_volume(path: &Path, cfg: &crate::config::VolumeConfig) -> Result<(), Error> {
     if path.symlink_metadata().is_ok() {
-        volume::ensure(path, 0).map(|_| ())
+        volume::check_existing(path, cfg)
     } else {
         match path.parent() {
             Some(d) if !d.as_os_str().is_empty() && !d.is_dir() => Err(Error::Usage(format!(
@@ -195,7 +195,7 @@ impl Running {
 impl Instance {
     fn run(&mut self, name: &str, command: &[String]) -> Result<i32, Error> {
         let started = Instant::now();
-        self.origin = Some(volume::ensure(&self.volume, self.cfg.volume.size)?);
+        self.origin = Some(volume::ensure(&self.volume, &self.cfg.volume)?);
         tls::generate(&self.dir.tls())?;
         let cache = initramfs::default_cache_dir().filter(|d| std::fs::create_dir_all(d).is_ok()).unwrap_or_else(|| self.dir.path.clone());
         let initrd = initramfs::get(&self.cfg.kernel, &cache)?;
@@ -431,6 +431,9 @@ impl Instance {
             }
             if let Some(why) = vm.gone(&self.dir) {
                 return fail(with_console(&self.dir, &why));
+            }
+            if !self.dir.file("lock").exists() {
+                return fail(format!("the runtime directory {} vanished; stopping the VM", self.dir.path.display()));
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -51,7 +51,7 @@ pub fn main(name: &str, args: &[String]) -> Result<i32, Error> {
     let path = path_of(&cfg, &env.rundir()?);
     match args.cmd {
         Cmd::Path(_) => println!("{}", path.display()),
-        Cmd::Create(_) => match ensure(&path, cfg.size)? {
+        Cmd::Create(_) => match ensure(&path, &cfg)? {
             Origin::Created => eprintln!("{name}: created {} ({})", path.display(), crate::size::format(cfg.size)),
             Origin::Existing => eprintln!("{name}: keeping {}", path.display()),
         },
@@ -123,14 +123,38 @@ fn check_qcow2(path: &Path) -> Result<(), Error> {
     }
 }
 
+/// The virtual size a qcow2 header records (big-endian, at offset 24).
+fn virtual_size(path: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut head = [0u8; 32];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    Some(u64::from_be_bytes(head[24..32].try_into().ok()?))
+}
+
+/// Checks an existing volume: a qcow2 image this user may read and write, and not
+/// smaller than a DOCKER_VOLUME_SIZE that was asked for (a filesystem cannot shrink).
+pub fn check_existing(path: &Path, cfg: &VolumeConfig) -> Result<(), Error> {
+    check_qcow2(path)?;
+    if nix::unistd::access(path, nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK).is_err() {
+        return Err(Error::Usage(format!("DOCKER_VOLUME_FILE={} is not readable and writable by this user", path.display())));
+    }
+    if let Some(have) = virtual_size(path).filter(|&have| cfg.size_given && cfg.size < have) {
+        return Err(Error::Usage(format!(
+            "DOCKER_VOLUME_SIZE={} is smaller than the volume {} already is ({}); a volume cannot shrink (leave DOCKER_VOLUME_SIZE unset to keep it)",
+            crate::size::format(cfg.size),
+            path.display(),
+            crate::size::format(have)
+        )));
+    }
+    Ok(())
+}
+
 /// Keeps a qcow2 volume that exists; creates one when there is none. Anything else at
 /// that path is refused, never overwritten.
-pub fn ensure(path: &Path, size: u64) -> Result<Origin, Error> {
+pub fn ensure(path: &Path, cfg: &VolumeConfig) -> Result<Origin, Error> {
+    let size = cfg.size;
     if path.symlink_metadata().is_ok() {
-        check_qcow2(path)?;
-        if nix::unistd::access(path, nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK).is_err() {
-            return Err(Error::Usage(format!("DOCKER_VOLUME_FILE={} is not readable and writable by this user", path.display())));
-        }
+        check_existing(path, cfg)?;
         return Ok(Origin::Existing);
     }
     let dir = match path.parent() {
@@ -165,6 +189,10 @@ pub fn ensure(path: &Path, size: u64) -> Result<Origin, Error> {
 mod tests {
     use super::*;
 
+    fn cfg(size: u64, size_given: bool) -> VolumeConfig {
+        VolumeConfig { size, size_given, file: None, remove: None }
+    }
+
     #[test]
     fn removal_rules() {
         assert!(should_remove(Origin::Created, None));
@@ -180,7 +208,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("precious");
         std::fs::write(&p, "user data").unwrap();
-        match ensure(&p, 1 << 30) {
+        match ensure(&p, &cfg(1 << 30, false)) {
             Err(Error::Usage(m)) => assert!(m.contains("not a qcow2 image"), "{m}"),
             other => panic!("{other:?}"),
         }
@@ -189,7 +217,7 @@ mod tests {
 
     #[test]
     fn a_missing_directory_is_a_usage_error() {
-        match ensure(Path::new("/nonexistent-dir/v.qcow2"), 1 << 30) {
+        match ensure(Path::new("/nonexistent-dir/v.qcow2"), &cfg(1 << 30, false)) {
             Err(Error::Usage(m)) => assert!(m.contains("does not exist"), "{m}"),
             other => panic!("{other:?}"),
         }
@@ -202,8 +230,15 @@ mod tests {
         }
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("v.qcow2");
-        assert_eq!(ensure(&p, 1 << 30).unwrap(), Origin::Created);
+        assert_eq!(ensure(&p, &cfg(1 << 30, true)).unwrap(), Origin::Created);
         assert!(is_qcow2(&p).unwrap());
-        assert_eq!(ensure(&p, 1 << 30).unwrap(), Origin::Existing);
+        assert_eq!(virtual_size(&p), Some(1 << 30));
+        assert_eq!(ensure(&p, &cfg(1 << 30, true)).unwrap(), Origin::Existing);
+        assert_eq!(ensure(&p, &cfg(4 << 30, true)).unwrap(), Origin::Existing);
+        assert_eq!(ensure(&p, &cfg(512 << 20, false)).unwrap(), Origin::Existing, "a default size is no request");
+        match ensure(&p, &cfg(512 << 20, true)) {
+            Err(Error::Usage(m)) => assert!(m.contains("cannot shrink") && m.contains("(1G)"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }
