@@ -114,3 +114,12 @@ serve() {
   kill -TERM "$SVC_PID"; wait "$SVC_PID"; SVC_PID=
   no_qemu_left "$DIQID_RUNDIR"
 }
+
+@test "a second SIGTERM during shutdown cuts it short, leaving nothing behind" {
+  serve
+  kill -TERM "$SVC_PID"; sleep 0.2; kill -TERM "$SVC_PID"
+  wait "$SVC_PID" || true
+  SVC_PID=
+  grep -q "signal during shutdown; stopping QEMU now" "$WORK/serve.log" || { cat "$WORK/serve.log"; false; }
+  no_qemu_left "$DIQID_RUNDIR"
+}

@@ -383,6 +383,10 @@ impl Instance {
     }
 
     fn run_command(&mut self, name: &str, command: &[String], env: &[(String, String)]) -> Result<i32, Error> {
+        if std::process::id() == 1 {
+            // Started only now: before, our own helpers (qemu-img, openssl) must reap theirs.
+            std::thread::spawn(reap_orphans);
+        }
         let mut cmd = match command.split_first() {
             Some((prog, rest)) => {
                 let mut c = Command::new(prog);
@@ -393,10 +397,6 @@ impl Instance {
             None => return self.serve(name),
         };
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
-        if std::process::id() == 1 {
-            // Started only now: before, our own helpers (qemu-img, openssl) must reap theirs.
-            std::thread::spawn(reap_orphans);
-        }
         let spawning = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
         let mut child = match cmd.spawn() {
             Ok(c) => c,
