@@ -199,6 +199,8 @@ impl Instance {
         tls::generate(&self.dir.tls())?;
         let cache = initramfs::default_cache_dir().filter(|d| std::fs::create_dir_all(d).is_ok()).unwrap_or_else(|| self.dir.path.clone());
         let initrd = initramfs::get(&self.cfg.kernel, &cache)?;
+        // The kernel's own identity (the image standing in for the binary): it keys the
+        // unpacked kernel and the KVM verdict, which do not depend on this binary.
         let key = initramfs::cache_key(&self.cfg.kernel.image, &self.cfg.kernel)?;
         let kernel = vmlinux::get(&self.cfg.kernel.image, &self.cfg.kernel.version, key, &cache).unwrap_or_else(|| self.cfg.kernel.image.clone());
         let port = free_port()?;
