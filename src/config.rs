@@ -166,7 +166,8 @@ fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 #[derive(Clone, Debug)]
 pub struct StartConfig {
     pub memory: u64,
-    pub cpus: u64,
+    /// `None`: not set; the accelerator decides (see `StartConfig::cpus_for`).
+    pub cpus: Option<u64>,
     pub volume: VolumeConfig,
     pub qemu_timeout_start: Duration,
     pub docker_timeout_start: Duration,
@@ -217,13 +218,23 @@ pub fn total_memory() -> u64 {
 }
 
 impl StartConfig {
+    /// The vCPUs: CPUS when set; otherwise every CPU we may use under KVM, and one
+    /// under TCG, where a second vCPU bought nothing measurable on 2 cores and
+    /// multi-threaded TCG can livelock on the kernel's live code patching.
+    pub fn cpus_for(&self, accel: Accel) -> u64 {
+        self.cpus.unwrap_or(if accel == Accel::Kvm { available_cpus() } else { 1 })
+    }
+
     pub fn load(env: &Env) -> Result<StartConfig, Error> {
         let memory = env.size("MEMORY", 1 << 30, 256 << 20, total_memory(), "MEMORY=1G")?;
         if memory % (1 << 20) != 0 {
             return Err(bad("MEMORY", &env.get("MEMORY").unwrap_or_default(), "must be a whole number of MiB", "MEMORY=1536M"));
         }
         let host_cpus = available_cpus();
-        let cpus = env.number("CPUS", host_cpus, 1, host_cpus.max(1) * 4, &format!("CPUS={host_cpus}"))?;
+        let cpus = match env.get("CPUS") {
+            Some(_) => Some(env.number("CPUS", host_cpus, 1, host_cpus.max(1) * 4, &format!("CPUS={host_cpus}"))?),
+            None => None,
+        };
         let accel = match env.get("DIQID_ACCEL").as_deref() {
             None | Some("auto") => Accel::Auto,
             Some("kvm") => Accel::Kvm,

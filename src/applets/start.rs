@@ -29,7 +29,7 @@ struct Args {
     /// memory of the VM (MEMORY, default 1G)
     #[argh(option)]
     memory: Option<String>,
-    /// virtual CPUs (CPUS, default: the CPUs this process may use)
+    /// virtual CPUs (CPUS, default: the CPUs this process may use under KVM, 1 under TCG)
     #[argh(option)]
     cpus: Option<String>,
     /// volume size (DOCKER_VOLUME_SIZE, default 20G)
@@ -315,7 +315,7 @@ impl Instance {
         let vm = Vm {
             accel,
             memory: self.cfg.memory,
-            cpus: self.cfg.cpus,
+            cpus: self.cfg.cpus_for(accel),
             kernel,
             initrd,
             volume: &self.volume,
