@@ -219,7 +219,7 @@ pub fn total_memory() -> u64 {
 
 impl StartConfig {
     /// The vCPUs: CPUS when set; otherwise every CPU we may use under KVM, and one
-    /// under TCG, where a second vCPU bought nothing measurable on 2 cores and
+    /// under TCG, where a second vCPU was no faster in a side-by-side check and
     /// multi-threaded TCG can livelock on the kernel's live code patching.
     pub fn cpus_for(&self, accel: Accel) -> u64 {
         self.cpus.unwrap_or(if accel == Accel::Kvm { available_cpus() } else { 1 })
