@@ -51,13 +51,28 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("diqid"))
 }
 
-pub fn cache_key(exe: &Path, kernel: &Kernel) -> Result<u64, Error> {
+/// The identity of a file, as far as a cache cares: path, size, times, inode.
+fn identity(p: &Path, h: &mut impl Hasher) -> Result<(), Error> {
+    let m = std::fs::metadata(p).ctx(|| format!("cannot read {}", p.display()))?;
+    (p, m.len(), m.mtime(), m.mtime_nsec(), m.ino()).hash(h);
+    Ok(())
+}
+
+/// The guest kernel's identity (image, modules, our module lists): it keys the
+/// unpacked kernel and the KVM verdict, which do not depend on this binary.
+pub fn kernel_key(kernel: &Kernel) -> Result<u64, Error> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for p in [exe, kernel.image.as_path(), &kernel.modules.join("modules.dep")] {
-        let m = std::fs::metadata(p).ctx(|| format!("cannot read {}", p.display()))?;
-        (p, m.len(), m.mtime(), m.mtime_nsec(), m.ino()).hash(&mut h);
-    }
+    identity(&kernel.image, &mut h)?;
+    identity(&kernel.modules.join("modules.dep"), &mut h)?;
     (BOOT_MODULES, LATE_MODULES).hash(&mut h);
+    Ok(h.finish())
+}
+
+/// The initramfs' key: the kernel's, and this binary, which is its /init.
+fn cache_key(exe: &Path, kernel: &Kernel) -> Result<u64, Error> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    identity(exe, &mut h)?;
+    kernel_key(kernel)?.hash(&mut h);
     Ok(h.finish())
 }
 

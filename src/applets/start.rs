@@ -199,9 +199,7 @@ impl Instance {
         tls::generate(&self.dir.tls())?;
         let cache = initramfs::default_cache_dir().filter(|d| std::fs::create_dir_all(d).is_ok()).unwrap_or_else(|| self.dir.path.clone());
         let initrd = initramfs::get(&self.cfg.kernel, &cache)?;
-        // The kernel's own identity (the image standing in for the binary): it keys the
-        // unpacked kernel and the KVM verdict, which do not depend on this binary.
-        let key = initramfs::cache_key(&self.cfg.kernel.image, &self.cfg.kernel)?;
+        let key = initramfs::kernel_key(&self.cfg.kernel)?;
         let kernel = vmlinux::get(&self.cfg.kernel.image, &self.cfg.kernel.version, key, &cache).unwrap_or_else(|| self.cfg.kernel.image.clone());
         let port = free_port()?;
         self.dir.set_state(&State::Booting)?;
@@ -458,15 +456,12 @@ impl Instance {
             // skips the graceful part.
             if SIGNALS.load(Ordering::SeqCst) > signals_before {
                 eprintln!("{name}: signal during shutdown; stopping QEMU now");
-                break;
+                self.kill();
+                return Ok(());
             }
             if let Ok(Some(_)) = vm.child.wait_timeout(Duration::from_millis(50)) {
                 return Ok(());
             }
-        }
-        if SIGNALS.load(Ordering::SeqCst) > signals_before {
-            self.kill();
-            return Ok(());
         }
         eprintln!("{name}: the VM did not power off within {} s; stopping QEMU", timeout.as_secs());
         if let Ok(mut q) = Qmp::connect(&self.dir.qmp(), Duration::from_secs(1)) {
