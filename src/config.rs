@@ -175,6 +175,8 @@ pub struct StartConfig {
     pub accel: Accel,
     pub kernel: Kernel,
     pub rundir: PathBuf,
+    /// DIQID_PORTS: forwards from the start, beside those that follow containers.
+    pub ports: Vec<crate::ports::Static>,
 }
 
 /// The volume's settings, shared by `diqid-start` and `diqid-volume`.
@@ -251,6 +253,7 @@ impl StartConfig {
             accel,
             kernel: find_kernel(env.get("DIQID_KERNEL"), Path::new("/boot"), Path::new("/lib/modules"))?,
             rundir: env.rundir()?,
+            ports: crate::ports::parse_static(&env.get("DIQID_PORTS").unwrap_or_default())?,
         })
     }
 }

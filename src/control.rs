@@ -3,8 +3,11 @@
 //!
 //! guest -> host: `hello` (init is alive), `phase NAME SECONDS` (boot timestamps,
 //! seconds since the guest kernel started), `ready` (dockerd answers _ping),
-//! `fail REASON`, `bye` (about to power off).
+//! `fail REASON`, `ports WORD...` (what dockerd publishes now, as `8080/tcp` or
+//! `127.0.0.1:8080/tcp`; the whole set each time), `bye` (about to power off).
 //! host -> guest: `shutdown SECONDS` (stop dockerd within that time, then power off).
+
+use crate::ports::Published;
 
 pub const PORT_NAME: &str = "diqid.control";
 
@@ -14,6 +17,7 @@ pub enum Guest {
     Phase(String, f64),
     Ready,
     Fail(String),
+    Ports(Vec<Published>),
     Bye,
 }
 
@@ -26,6 +30,7 @@ impl Guest {
             "ready" => Guest::Ready,
             "bye" => Guest::Bye,
             "fail" => Guest::Fail(rest.to_string()),
+            "ports" => Guest::Ports(rest.split_whitespace().map(Published::parse).collect::<Option<_>>()?),
             "phase" => {
                 let (name, secs) = rest.split_once(' ')?;
                 Guest::Phase(name.to_string(), secs.parse().ok()?)
@@ -41,6 +46,7 @@ impl Guest {
             Guest::Bye => "bye\n".into(),
             Guest::Fail(why) => format!("fail {}\n", why.replace('\n', " ")),
             Guest::Phase(name, secs) => format!("phase {name} {secs:.3}\n"),
+            Guest::Ports(ports) => format!("ports{}\n", ports.iter().map(|p| format!(" {}", p.word())).collect::<String>()),
         }
     }
 }
@@ -69,7 +75,7 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        for m in [Guest::Hello, Guest::Ready, Guest::Bye, Guest::Fail("dockerd exited: 1".into()), Guest::Phase("root".into(), 1.25)] {
+        for m in [Guest::Hello, Guest::Ready, Guest::Bye, Guest::Fail("dockerd exited: 1".into()), Guest::Phase("root".into(), 1.25), Guest::Ports(vec![]), Guest::Ports(vec![Published::parse("127.0.0.1:80/tcp").unwrap(), Published::parse("53/udp").unwrap()])] {
             assert_eq!(Guest::parse(&m.line()), Some(m));
         }
         assert_eq!(Host::parse(&Host::Shutdown(25).line()), Some(Host::Shutdown(25)));
@@ -79,6 +85,7 @@ mod tests {
     fn garbage_is_ignored() {
         assert_eq!(Guest::parse("phase x notanumber"), None);
         assert_eq!(Guest::parse("what"), None);
+        assert_eq!(Guest::parse("ports 80/tcp nonsense"), None);
         assert_eq!(Host::parse("shutdown soon"), None);
         assert_eq!(Guest::parse("fail a\nb").unwrap(), Guest::Fail("a\nb".into()));
         assert_eq!(Guest::Fail("a\nb".into()).line(), "fail a b\n");

@@ -2,6 +2,7 @@
 
 use crate::config::Accel;
 use crate::control;
+use crate::ports::Static;
 use crate::rundir::RunDir;
 use std::path::{Path, PathBuf};
 
@@ -22,7 +23,12 @@ pub struct Vm<'a> {
     pub rundir: &'a RunDir,
     /// Loopback port on the outer side that reaches dockerd.
     pub docker_port: u16,
+    /// DIQID_PORTS: forwards that exist from the start.
+    pub ports: &'a [Static],
 }
+
+/// The id of the user network, for `hostfwd_add` and `hostfwd_remove`.
+pub const NETDEV: &str = "net";
 
 impl Vm<'_> {
     /// The kernel command line; the guest's init reads its `diqid.*` entries.
@@ -97,7 +103,11 @@ impl Vm<'_> {
             "-device".into(),
             "virtio-blk-pci,drive=volume".into(),
             "-netdev".into(),
-            format!("user,id=net,hostfwd=tcp:127.0.0.1:{}-:{GUEST_DOCKER_PORT}", self.docker_port),
+            format!(
+                "user,id={NETDEV},hostfwd=tcp:127.0.0.1:{}-:{GUEST_DOCKER_PORT}{}",
+                self.docker_port,
+                self.ports.iter().map(|s| format!(",hostfwd={}", s.hostfwd())).collect::<String>()
+            ),
             "-device".into(),
             "virtio-net-pci,netdev=net".into(),
             "-device".into(),
@@ -130,6 +140,7 @@ mod tests {
             volume: Path::new("/v/vol.qcow2"),
             rundir: r,
             docker_port: 40001,
+            ports: &[],
         }
     }
 
@@ -159,6 +170,15 @@ mod tests {
         assert_eq!((after(&k, "-accel"), after(&k, "-cpu")), (vec!["kvm"], vec!["host"]));
     }
 
+    #[test]
+    fn static_ports_are_forwarded_from_the_start() {
+        let r = RunDir::at(Path::new("/run/d"));
+        let ports = crate::ports::parse_static("8080:80,5353/udp").unwrap();
+        let a = Vm { ports: &ports, ..vm(Accel::Tcg, &r) }.args();
+        assert!(after(&a, "-netdev")[0].ends_with(",hostfwd=tcp:0.0.0.0:8080-10.0.2.15:80,hostfwd=udp:0.0.0.0:5353-10.0.2.15:5353"));
+    }
+
+    /// Only DIQID_PORTS, which the user asks for, may listen on other addresses.
     #[test]
     fn nothing_listens_beyond_loopback() {
         let r = RunDir::at(Path::new("/run/d"));

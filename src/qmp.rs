@@ -45,6 +45,14 @@ impl Qmp {
         }
     }
 
+    /// Runs a human-monitor command (such as `hostfwd_add`) and returns its output,
+    /// which is empty when it succeeded.
+    pub fn human(&mut self, command_line: &str) -> io::Result<String> {
+        let reply = self.execute("human-monitor-command", Some(&format!("{{\"command-line\":{}}}", json_string(command_line))))?;
+        let value: serde_json::Value = serde_json::from_str(&reply).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("QMP reply: {e}")))?;
+        Ok(value["return"].as_str().unwrap_or_default().to_string())
+    }
+
     /// True when the guest's CPUs run.
     pub fn running(&mut self) -> io::Result<bool> {
         Ok(self.execute("query-status", None)?.contains("\"running\": true"))

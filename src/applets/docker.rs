@@ -1,6 +1,7 @@
 //! The `docker` shim: points the real docker CLI at the running VM and execs it.
 //! A DOCKER_HOST that the user set is respected untouched.
 
+use crate::applets::wait::{wait_for, Poll};
 use crate::config::Env;
 use crate::error::Error;
 use crate::rundir::{RunDir, State};
@@ -19,8 +20,19 @@ pub fn main(_name: &str, args: &[String]) -> Result<i32, Error> {
         if !dir.is_live() {
             return Err(Error::Fail(format!("no DiQiD VM runs (nothing in {}); start one with diqid-start", dir.path.display())));
         }
+        if dir.state() == Some(State::Stopping) {
+            return Err(Error::Fail(format!("the DiQiD VM in {} is shutting down", dir.path.display())));
+        }
         if dir.state() != Some(State::Ready) {
-            return Err(Error::Fail(format!("the DiQiD VM in {} is not ready yet; diqid-wait waits for it", dir.path.display())));
+            // Booting: wait as diqid-wait does, with its timeout, rather than fail.
+            let timeout = env.seconds("DOCKER_TIMEOUT_START", 300)?;
+            wait_for(&dir, "the DiQiD VM", timeout, || match dir.state() {
+                Some(State::Ready) => Poll::Done,
+                Some(State::Failed(why)) => Poll::Dead(why),
+                Some(State::Stopping) => Poll::Dead("the VM is shutting down".into()),
+                _ if !dir.is_live() => Poll::Dead(format!("diqid-start has stopped (nothing runs in {})", dir.path.display())),
+                _ => Poll::Pending,
+            })?;
         }
         for (k, v) in docker_env(&dir)? {
             cmd.env(k, v);

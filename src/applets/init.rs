@@ -6,7 +6,9 @@
 use crate::control::{self, Guest, Host};
 use crate::error::{parse_args, Error};
 use crate::initramfs::MODULE_DIR;
-use crate::qemu::{GUEST_DOCKER_PORT, ROOT_TAG, USR_TAG};
+use crate::dockerd::{self, OUTER_LOOPBACK};
+use crate::ports;
+use crate::qemu::{ROOT_TAG, USR_TAG};
 use argh::FromArgs;
 use std::ffi::CString;
 use std::fs::{self, File};
@@ -233,7 +235,7 @@ fn guest_local_mounts() -> Result<(), String> {
         mount("overlay", dir, "overlay", 0, &format!("lowerdir={dir},upperdir={base}/upper,workdir={base}/work"))?;
     }
     write("/etc/hostname", "diqid\n")?;
-    write("/etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tdiqid\n")?;
+    write("/etc/hosts", &format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tdiqid\n{OUTER_LOOPBACK}\thost.docker.internal\n"))?;
     write("/etc/resolv.conf", &format!("nameserver {DNS}\n"))?;
     console_login_files()?;
     let host = b"diqid";
@@ -353,6 +355,12 @@ fn network() -> Result<(), String> {
     route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
     ioctl(sock, libc::SIOCADDRT, &mut route, "default route")?;
     unsafe { libc::close(sock) };
+    // The host forwards ports published on the VM's 127.0.0.1 to that address: only
+    // QEMU's user network, which forwards only what we ask, can send such packets.
+    for conf in ["all", "eth0"] {
+        let f = format!("/proc/sys/net/ipv4/conf/{conf}/route_localnet");
+        fs::write(&f, "1").map_err(|e| format!("{f}: {e}"))?;
+    }
     Ok(())
 }
 
@@ -402,14 +410,8 @@ fn volume() -> Result<(), String> {
 fn start_dockerd(rundir: &str) -> Result<(), String> {
     mkdir("/run/diqid")?;
     let log = File::create(DOCKERD_LOG).map_err(|e| format!("{DOCKERD_LOG}: {e}"))?;
-    let tls = format!("{rundir}/tls/server");
     let child = Command::new("dockerd")
-        .arg("--host=unix:///run/docker.sock")
-        .arg(format!("--host=tcp://0.0.0.0:{GUEST_DOCKER_PORT}"))
-        .arg("--tlsverify")
-        .arg(format!("--tlscacert={tls}/ca.pem"))
-        .arg(format!("--tlscert={tls}/cert.pem"))
-        .arg(format!("--tlskey={tls}/key.pem"))
+        .args(dockerd::args(rundir))
         .env("HOME", "/root")
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
@@ -438,6 +440,8 @@ fn wait_ready(c: &Channel) {
             phase(c, "ready");
             send(c, &Guest::Ready);
             spawn_getty();
+            let ports = c.clone();
+            std::thread::spawn(move || watch_ports(&ports));
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -452,15 +456,65 @@ fn wait_ready(c: &Channel) {
     }
 }
 
-fn ping() -> bool {
-    let Ok(mut s) = std::os::unix::net::UnixStream::connect("/run/docker.sock") else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n").is_err() {
-        return false;
-    }
+const DOCKER_SOCKET: &str = "/run/docker.sock";
+
+/// Sends an HTTP/1.0 GET to dockerd's socket, so that the reply ends where the
+/// connection does (no chunking). The stream is returned unread.
+fn docker_get(uri: &str, timeout: Option<Duration>) -> Option<std::os::unix::net::UnixStream> {
+    let mut s = std::os::unix::net::UnixStream::connect(DOCKER_SOCKET).ok()?;
+    s.set_read_timeout(timeout).ok()?;
+    s.write_all(format!("GET {uri} HTTP/1.0\r\nHost: docker\r\n\r\n").as_bytes()).ok()?;
+    Some(s)
+}
+
+/// The body of a 200 reply to GET `uri`.
+fn docker_body(uri: &str) -> Option<String> {
     let mut reply = String::new();
-    let _ = s.read_to_string(&mut reply);
-    reply.starts_with("HTTP/1.") && reply.contains(" 200 ") && reply.ends_with("OK")
+    docker_get(uri, Some(Duration::from_secs(5)))?.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    (head.starts_with("HTTP/1.") && head.lines().next()?.contains(" 200 ")).then(|| body.to_string())
+}
+
+fn ping() -> bool {
+    docker_body("/_ping").is_some_and(|b| b == "OK")
+}
+
+/// Tells the host, whenever it changes, which ports dockerd publishes: the container
+/// list is read again at every container event that dockerd reports, and twice more
+/// within a second after it, since a `die` can be reported before the list shows it.
+fn watch_ports(c: &Channel) {
+    const EVENTS: &str = "/events?filters=%7B%22type%22%3A%5B%22container%22%5D%2C%22event%22%3A%5B%22start%22%2C%22die%22%2C%22stop%22%2C%22destroy%22%5D%7D";
+    let mut last = None;
+    let update = |last: &mut Option<std::collections::BTreeSet<ports::Published>>| {
+        let Some(body) = docker_body("/containers/json") else { return };
+        let Ok(list) = serde_json::from_str(&body) else { return };
+        let now = ports::published(&list);
+        if last.as_ref() != Some(&now) {
+            send(c, &Guest::Ports(now.iter().copied().collect()));
+            *last = Some(now);
+        }
+    };
+    while dockerd_exited().is_none() && !SHUTTING_DOWN.load(Ordering::SeqCst) {
+        let Some(mut events) = docker_get(EVENTS, Some(Duration::from_millis(400))) else {
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        };
+        // Subscribed first, listed second: no start can fall between the two.
+        update(&mut last);
+        let mut again = 0;
+        let mut buf = [0u8; 4096];
+        loop {
+            match events.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => again = 2,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) && again > 0 => again -= 1,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+                Err(_) => break,
+            }
+            update(&mut last);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The end of dockerd's log, onto the console, where the host shows it.

@@ -5,11 +5,13 @@ use crate::applets::wait::{wait_for, with_console, Poll};
 use crate::config::{Accel, Env, StartConfig};
 use crate::control::{Guest, Host};
 use crate::error::{fail, parse_args, Context, Error};
-use crate::qemu::{self, Vm};
+use crate::ports::{Proto, Published, Static};
+use crate::qemu::{self, Vm, NETDEV};
 use crate::qmp::Qmp;
 use crate::rundir::{RunDir, State};
-use crate::{initramfs, tls, vmlinux};
+use crate::{dockerd, initramfs, tls, vmlinux};
 use argh::FromArgs;
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -90,6 +92,8 @@ pub fn main(name: &str, args: &[String]) -> Result<i32, Error> {
     if cfg.volume.file.is_some() {
         precheck_volume(&volume_path, &cfg.volume)?;
     }
+    dockerd::check_daemon_json(Path::new(dockerd::DAEMON_JSON))?;
+    precheck_ports(&cfg.ports)?;
     install_signal_handlers()?;
 
     let (dir, _lock) = RunDir::create(&cfg.rundir)?;
@@ -117,6 +121,23 @@ fn precheck_volume(path: &Path, cfg: &crate::config::VolumeConfig) -> Result<(),
             _ => Ok(()),
         }
     }
+}
+
+/// A DIQID_PORTS port that is taken would make QEMU fail; say so before we start.
+fn precheck_ports(ports: &[Static]) -> Result<(), Error> {
+    for s in ports {
+        let free = match s.proto {
+            Proto::Tcp => std::net::TcpListener::bind((s.addr, s.port)).is_ok(),
+            Proto::Udp => std::net::UdpSocket::bind((s.addr, s.port)).is_ok(),
+        };
+        if !free {
+            return Err(Error::Usage(format!(
+                "DIQID_PORTS: the outer port {}:{}/{} is in use or may not be bound here; free it or choose another",
+                s.addr, s.port, s.proto
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn install_signal_handlers() -> Result<(), Error> {
@@ -173,7 +194,7 @@ impl Running {
                 Guest::Hello => self.hello = true,
                 Guest::Ready => self.ready = true,
                 Guest::Fail(why) => self.failed = Some(why),
-                Guest::Phase(..) | Guest::Bye => {}
+                Guest::Phase(..) | Guest::Ports(_) | Guest::Bye => {}
             }
         }
     }
@@ -319,6 +340,7 @@ impl Instance {
             volume: &self.volume,
             rundir: &self.dir,
             docker_port: port,
+            ports: &self.cfg.ports,
         };
         let log = std::fs::File::create(self.dir.qemu_log()).ctx(|| "cannot create qemu.log".into())?;
         let mut cmd = Command::new(&self.qemu);
@@ -367,10 +389,15 @@ impl Instance {
         if let Some(f) = log.as_mut() {
             let _ = writeln!(f, "qemu-{} host={:.3}", if accel == Accel::Kvm { "kvm" } else { "tcg" }, started.elapsed().as_secs_f64());
         }
+        let mut forwards = Forwards { qmp: self.dir.qmp(), fixed: self.cfg.ports.clone(), current: BTreeSet::new(), warned: BTreeSet::new() };
         std::thread::spawn(move || {
             for line in BufReader::new(reader).lines() {
                 let Ok(line) = line else { break };
                 let Some(ev) = Guest::parse(&line) else { continue };
+                if let Guest::Ports(want) = &ev {
+                    forwards.apply(want);
+                    continue;
+                }
                 if let (Guest::Phase(name, secs), Some(f)) = (&ev, log.as_mut()) {
                     let _ = writeln!(f, "{name} guest={secs:.3} host={:.3}", started.elapsed().as_secs_f64());
                 }
@@ -488,6 +515,53 @@ impl Instance {
             }
         }
         self.dir.remove();
+    }
+}
+
+/// Keeps QEMU's forwards from the outer loopback equal to the ports that the guest's
+/// dockerd publishes (the guest sends the whole set whenever it changes).
+struct Forwards {
+    qmp: PathBuf,
+    /// DIQID_PORTS: already forwarded, from every outer address.
+    fixed: Vec<Static>,
+    current: BTreeSet<Published>,
+    /// Wanted but not forwarded, and said so once.
+    warned: BTreeSet<Published>,
+}
+
+impl Forwards {
+    fn apply(&mut self, want: &[Published]) {
+        let want: BTreeSet<Published> = want.iter().filter(|p| !self.fixed.iter().any(|s| s.proto == p.proto && s.port == p.port)).copied().collect();
+        self.warned.retain(|p| want.contains(p));
+        if want == self.current {
+            return;
+        }
+        let mut qmp = match Qmp::connect(&self.qmp, Duration::from_secs(2)) {
+            Ok(q) => q,
+            Err(e) => return eprintln!("diqid-start: cannot change the published ports: QMP: {e}"),
+        };
+        for p in self.current.clone().difference(&want) {
+            let _ = qmp.human(&format!("hostfwd_remove {NETDEV} {}", p.hostfwd_key()));
+            self.current.remove(p);
+        }
+        for p in want.difference(&self.current.clone()) {
+            match qmp.human(&format!("hostfwd_add {NETDEV} {}", p.hostfwd())) {
+                Ok(reply) if reply.trim().is_empty() => {
+                    self.current.insert(*p);
+                }
+                reply => {
+                    if self.warned.insert(*p) {
+                        let why = match (p.proto, reply) {
+                            (Proto::Tcp, _) if std::net::TcpListener::bind(("127.0.0.1", p.port)).is_err() => "the port is in use on this side".to_string(),
+                            (Proto::Udp, _) if std::net::UdpSocket::bind(("127.0.0.1", p.port)).is_err() => "the port is in use on this side".to_string(),
+                            (_, Ok(text)) => text.trim().to_string(),
+                            (_, Err(e)) => e.to_string(),
+                        };
+                        eprintln!("diqid-start: warning: a container publishes {}, but 127.0.0.1:{} cannot forward to it: {why}", p.word(), p.port);
+                    }
+                }
+            }
+        }
     }
 }
 

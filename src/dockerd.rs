@@ -1,0 +1,96 @@
+//! The inner dockerd: the flags DiQiD gives it, and the check that the outer
+//! `/etc/docker/daemon.json` (which the guest sees as its own) does not fight them.
+
+use crate::error::Error;
+use crate::qemu::GUEST_DOCKER_PORT;
+use std::path::Path;
+
+/// The outer configuration file; in the guest the same path holds the same file.
+pub const DAEMON_JSON: &str = "/etc/docker/daemon.json";
+/// The outer side's loopback, as QEMU's user network shows it to the guest.
+pub const OUTER_LOOPBACK: &str = "10.0.2.2";
+
+/// dockerd's flags. `rundir` holds the server's TLS files (shared over 9p).
+pub fn args(rundir: &str) -> Vec<String> {
+    let tls = format!("{rundir}/tls/server");
+    vec![
+        "--host=unix:///run/docker.sock".into(),
+        format!("--host=tcp://0.0.0.0:{GUEST_DOCKER_PORT}"),
+        "--tlsverify".into(),
+        format!("--tlscacert={tls}/ca.pem"),
+        format!("--tlscert={tls}/cert.pem"),
+        format!("--tlskey={tls}/key.pem"),
+        // `--add-host host.docker.internal:host-gateway` reaches the outer loopback.
+        format!("--host-gateway-ip={OUTER_LOOPBACK}"),
+    ]
+}
+
+/// Settings of daemon.json that DiQiD owns, and why. dockerd itself refuses to start
+/// when a flag is also in the file; `data-root` would put images on the shared root.
+const OWNED: &[(&str, &str)] = &[
+    ("hosts", "DiQiD serves the API on a unix socket and on TLS port 2376 in the VM"),
+    ("tls", "DiQiD sets up TLS with its own certificates"),
+    ("tlsverify", "DiQiD sets up TLS with its own certificates"),
+    ("tlscacert", "DiQiD sets up TLS with its own certificates"),
+    ("tlscert", "DiQiD sets up TLS with its own certificates"),
+    ("tlskey", "DiQiD sets up TLS with its own certificates"),
+    ("host-gateway-ip", "DiQiD points host-gateway at the outer side's loopback"),
+    ("data-root", "the VM keeps docker's data on its volume, /var/lib/docker"),
+];
+
+/// Checks daemon.json's text: valid JSON, an object, none of the settings DiQiD owns.
+pub fn check_config(text: &str) -> Result<(), String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("is not valid JSON: {e}"))?;
+    let map = value.as_object().ok_or("is not a JSON object")?;
+    for (key, why) in OWNED {
+        if map.contains_key(*key) {
+            return Err(format!("sets \"{key}\", which DiQiD needs to set itself ({why}); remove it from the file"));
+        }
+    }
+    Ok(())
+}
+
+/// The check on the outer file, as a usage error that names it. No file is fine.
+pub fn check_daemon_json(path: &Path) -> Result<(), Error> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => check_config(&text).map_err(|e| Error::Usage(format!("{} {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::Usage(format!("cannot read {}: {e}; the VM's dockerd reads it as its own configuration", path.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_serve_tls_and_point_host_gateway_outside() {
+        let a = args("/run/d");
+        assert!(a.contains(&"--tlscacert=/run/d/tls/server/ca.pem".to_string()));
+        assert!(a.contains(&"--host=tcp://0.0.0.0:2376".to_string()));
+        assert!(a.contains(&"--host-gateway-ip=10.0.2.2".to_string()));
+    }
+
+    #[test]
+    fn daemon_json_settings_of_the_user_pass_and_ours_are_named() {
+        assert_eq!(check_config(r#"{"registry-mirrors": ["http://m:5000"], "insecure-registries": ["r:5000"], "log-driver": "local"}"#), Ok(()));
+        assert_eq!(check_config("{}"), Ok(()));
+        let e = check_config(r#"{"debug": true, "hosts": ["tcp://0.0.0.0:2375"]}"#).unwrap_err();
+        assert!(e.starts_with("sets \"hosts\", which DiQiD needs"), "{e}");
+        assert!(check_config(r#"{"data-root": "/srv/docker"}"#).unwrap_err().contains("data-root"));
+        assert!(check_config("{\"debug\": tru").unwrap_err().starts_with("is not valid JSON: "));
+        assert_eq!(check_config("[1]").unwrap_err(), "is not a JSON object");
+    }
+
+    #[test]
+    fn a_missing_file_is_fine_and_a_bad_one_is_a_usage_error() {
+        assert!(check_daemon_json(Path::new("/nonexistent/daemon.json")).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("daemon.json");
+        std::fs::write(&f, r#"{"tlsverify": false}"#).unwrap();
+        match check_daemon_json(&f) {
+            Err(Error::Usage(m)) => assert!(m.starts_with(&format!("{} sets \"tlsverify\"", f.display())), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
