@@ -12,12 +12,13 @@ new_rundir() {
 }
 
 # Starts a VM that serves until `stop_vm`: diqid-start runs a CMD that imports the
-# test image, says so, and waits. Sets VM_RUNDIR, VM_PID, VM_LOG.
+# test image, says so, and waits. Sets VM_RUNDIR, VM_PID, VM_LOG. Arguments, if any,
+# are a command that runs diqid-start (a wrapper such as bats/with-etc-docker DIR).
 start_vm() {
   VM_RUNDIR=$(new_rundir)
   VM_LOG="$VM_RUNDIR.log"
   export DIQID_RUNDIR="$VM_RUNDIR"
-  diqid-start sh -c "'$ROOT/tools/busybox-image' $IMAGE && touch '$VM_RUNDIR.up' && while [ ! -e '$VM_RUNDIR.stop' ]; do sleep 0.1; done; exit 3" \
+  "$@" diqid-start sh -c "'$ROOT/tools/busybox-image' $IMAGE && touch '$VM_RUNDIR.up' && while [ ! -e '$VM_RUNDIR.stop' ]; do sleep 0.1; done; exit 3" \
     </dev/null >"$VM_LOG" 2>&1 &
   VM_PID=$!
   for _ in $(seq 1 6000); do

@@ -29,6 +29,8 @@ const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 const VOLUME_DEVICE: &str = "/dev/vda";
 const DOCKER_ROOT: &str = "/var/lib/docker";
 const DOCKERD_LOG: &str = "/run/diqid/dockerd.log";
+/// Temporary files of dockerd and what it runs: in the VM, not in the outer /tmp.
+const GUEST_TMP: &str = "/run/diqid/tmp";
 /// The network QEMU's user-mode stack gives the guest.
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 const NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 0);
@@ -210,11 +212,11 @@ fn mkdir(p: &str) -> Result<(), String> {
     fs::create_dir_all(p).map_err(|e| format!("mkdir {p}: {e}"))
 }
 
+/// Replaces a file of the guest's overlays. Removing it first means no copy-up, which
+/// would read the outer file (unreadable when QEMU runs as an ordinary user) and would
+/// write through a symlink such as /etc/resolv.conf.
 fn write(p: &str, contents: &str) -> Result<(), String> {
-    // /etc/resolv.conf is often a symlink; replace it rather than write through it.
-    if fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
-        let _ = fs::remove_file(p);
-    }
+    let _ = fs::remove_file(p);
     fs::write(p, contents).map_err(|e| format!("write {p}: {e}"))
 }
 
@@ -256,6 +258,13 @@ fn console_login_files() -> Result<(), String> {
         let out: String = text.lines().map(|l| if l.starts_with("root:") { f(l) } else { l.to_string() } + "\n").collect();
         write(path, &out)
     };
+    // An outer /etc/shadow that QEMU may not read (it runs as an ordinary user) is
+    // replaced by one with every account locked but root's.
+    if fs::read_to_string("/etc/shadow").is_err() {
+        let passwd = fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
+        write("/etc/shadow", &locked_shadow(&passwd))?;
+        let _ = fs::set_permissions("/etc/shadow", std::os::unix::fs::PermissionsExt::from_mode(0o600));
+    }
     edit("/etc/shadow", &|l| root_without_password(l))?;
     edit("/etc/passwd", &|l| root_home(l, ROOT_HOME))?;
     mkdir(ROOT_HOME)?;
@@ -263,6 +272,11 @@ fn console_login_files() -> Result<(), String> {
 }
 
 /// `root:HASH:rest` -> `root::rest`.
+/// A shadow file for the accounts of `passwd`, each with its password locked.
+pub fn locked_shadow(passwd: &str) -> String {
+    passwd.lines().filter_map(|l| l.split(':').next().filter(|n| !n.is_empty())).map(|n| format!("{n}:*:1:0:99999:7:::\n")).collect()
+}
+
 pub fn root_without_password(line: &str) -> String {
     let mut f: Vec<&str> = line.split(':').collect();
     if f.len() > 1 {
@@ -409,10 +423,14 @@ fn volume() -> Result<(), String> {
 
 fn start_dockerd(rundir: &str) -> Result<(), String> {
     mkdir("/run/diqid")?;
+    mkdir(GUEST_TMP)?;
     let log = File::create(DOCKERD_LOG).map_err(|e| format!("{DOCKERD_LOG}: {e}"))?;
     let child = Command::new("dockerd")
         .args(dockerd::args(rundir))
         .env("HOME", "/root")
+        // The guest's /tmp is the outer one, over 9p, where unix sockets cannot be
+        // made (runc's console socket for `docker run -t` is one).
+        .env("TMPDIR", GUEST_TMP)
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
@@ -630,6 +648,13 @@ mod tests {
         assert_eq!(root_without_password("root:*:1::::::"), "root::1::::::");
         assert_eq!(root_home("root:x:0:0:root:/root:/bin/bash", "/run/diqid/root"), "root:x:0:0:root:/run/diqid/root:/bin/bash");
         assert_eq!(root_home("odd", "/h"), "odd");
+    }
+
+    #[test]
+    fn an_unreadable_shadow_is_made_from_passwd() {
+        let s = locked_shadow("root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/sh\n");
+        assert_eq!(s, "root:*:1:0:99999:7:::\nuser:*:1:0:99999:7:::\n");
+        assert_eq!(root_without_password(s.lines().next().unwrap()), "root::1:0:99999:7:::");
     }
 
     #[test]
