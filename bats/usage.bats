@@ -18,3 +18,18 @@ load helpers
   [[ "$output" == "docker: no DiQiD VM runs"* ]]
   [ "${#lines[@]}" = 1 ]
 }
+
+@test "a daemon.json that sets what DiQiD owns, or is not JSON, is refused by name" {
+  etc=$(mktemp -d /tmp/diqid-etc.XXXXXX)
+  rundir=$(new_rundir); rmdir "$rundir"
+  echo '{"debug": true, "hosts": ["tcp://0.0.0.0:2375"]}' >"$etc/daemon.json"
+  DIQID_RUNDIR=$rundir run "$ROOT/bats/with-etc-docker" "$etc" diqid-start docker ps
+  [ "$status" = 2 ]
+  [[ "$output" == 'diqid-start: /etc/docker/daemon.json sets "hosts", which DiQiD needs to set itself'* ]]
+  echo '{"debug": tru' >"$etc/daemon.json"
+  DIQID_RUNDIR=$rundir run "$ROOT/bats/with-etc-docker" "$etc" diqid-start docker ps
+  [ "$status" = 2 ]
+  [[ "$output" == 'diqid-start: /etc/docker/daemon.json is not valid JSON: '* ]]
+  rm -rf "$etc"
+  [ ! -e "$rundir" ]
+}

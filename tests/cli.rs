@@ -10,7 +10,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_diqid");
 fn run(applet: &str, args: &[&str], env: &[(&str, &str)], rundir: &Path) -> Output {
     let mut c = Command::new(BIN);
     c.arg(applet).args(args);
-    for var in ["MEMORY", "CPUS", "DOCKER_VOLUME_SIZE", "DOCKER_VOLUME_FILE", "DOCKER_VOLUME_REMOVE", "DIQID_ACCEL", "DIQID_KERNEL", "DOCKER_HOST"] {
+    for var in ["DIQID_PORTS", "MEMORY", "CPUS", "DOCKER_VOLUME_SIZE", "DOCKER_VOLUME_FILE", "DOCKER_VOLUME_REMOVE", "DIQID_ACCEL", "DIQID_KERNEL", "DOCKER_HOST"] {
         c.env_remove(var);
     }
     c.env("DIQID_RUNDIR", rundir).envs(env.iter().copied());
@@ -94,6 +94,9 @@ fn bad_configuration_is_refused_before_anything_starts() {
         ("DOCKER_VOLUME_REMOVE", "perhaps", "true or false"),
         ("DIQID_ACCEL", "fast", "auto, kvm or tcg"),
         ("DIQID_KERNEL", "/nonexistent/vmlinuz-1.0", "is not a file"),
+        ("DIQID_PORTS", "80/sctp", "tcp or udp"),
+        ("DIQID_PORTS", "0", "1 to 65535"),
+        ("DIQID_PORTS", "8080:80:1", "too many parts"),
     ];
     for (var, value, why) in cases {
         let out = run("diqid-start", &["true"], &[(var, value)], &rundir(&t));
@@ -137,6 +140,42 @@ fn a_volume_in_a_missing_directory_is_refused() {
     let out = run("diqid-start", &["true"], &[("DOCKER_VOLUME_FILE", "/nonexistent/dir/v.qcow2")], &rundir(&t));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("/nonexistent/dir does not exist"));
+}
+
+#[test]
+fn an_unwritable_runtime_directory_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let file = t.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let out = run("diqid-start", &["true"], &[], &file.join("run"));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot create the runtime directory"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("set DIQID_RUNDIR to a writable place"));
+}
+
+#[test]
+fn missing_qemu_img_is_named() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(qemu) = ["/usr/bin/qemu-system-x86_64", "/usr/local/bin/qemu-system-x86_64"].iter().find(|p| Path::new(p).exists()) else { return };
+    let bin = t.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(qemu, bin.join("qemu-system-x86_64")).unwrap();
+    let out = run("diqid-start", &["true"], &[("PATH", bin.to_str().unwrap())], &rundir(&t));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("qemu-img not found"), "{}", stderr(&out));
+    assert!(!rundir(&t).exists());
+}
+
+#[test]
+fn a_static_port_in_use_is_refused_before_anything_starts() {
+    let t = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let spec = format!("127.0.0.1:{port}");
+    let out = run("diqid-start", &["true"], &[("DIQID_PORTS", spec.as_str())], &rundir(&t));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("DIQID_PORTS: the outer port 127.0.0.1:{port}/tcp is in use")), "{}", stderr(&out));
+    assert!(!rundir(&t).exists());
 }
 
 #[test]

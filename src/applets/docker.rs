@@ -15,7 +15,9 @@ pub fn main(_name: &str, args: &[String]) -> Result<i32, Error> {
     let mut cmd = Command::new(&real);
     cmd.args(args);
     let env = Env::from_process();
-    if env.get("DOCKER_HOST").is_none() {
+    // Inside the VM (diqid-console), dockerd is local: the real CLI finds it unaided.
+    let in_vm = std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.split_whitespace().any(|w| w.starts_with("diqid.rundir=")));
+    if env.get("DOCKER_HOST").is_none() && !in_vm {
         let dir = RunDir::at(&env.rundir()?);
         if !dir.is_live() {
             return Err(Error::Fail(format!("no DiQiD VM runs (nothing in {}); start one with diqid-start", dir.path.display())));

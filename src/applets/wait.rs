@@ -24,15 +24,14 @@ pub fn main(name: &str, args: &[String]) -> Result<i32, Error> {
     // diqid-start may still be on its way (a script starts it in the background and
     // waits at once): its absence is fatal only once it has been seen.
     let seen = std::cell::Cell::new(false);
+    // Whether diqid-start lives is told by its lock, not by pids: in a pod, a sidecar
+    // shares the runtime directory but not the pid namespace.
     let gone = |dir: &RunDir| -> Option<String> {
         if !dir.is_live() {
             return seen.get().then(|| format!("diqid-start has stopped (nothing runs in {})", dir.path.display()));
         }
         seen.set(true);
-        match std::fs::read_to_string(dir.qemu_pid()).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
-            Some(pid) if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() => Some("QEMU has exited".into()),
-            _ => None,
-        }
+        None
     };
     wait_for(&dir, "QEMU", qemu_timeout, || {
         if let Some(why) = gone(&dir) {
