@@ -9,10 +9,19 @@
 
 # --- build: the static diqid binary, with Debian's own Rust (1.96, bookworm-security)
 FROM debian:bookworm-slim AS build
+# Behind a TLS-intercepting proxy (corporate networks, some sandboxes) cargo cannot
+# reach crates.io until it trusts the proxy's CA:
+#   docker build --build-arg EXTRA_CA_CERTS="$(cat proxy-ca.crt)" ...
+# A CA certificate is public, and this stage is not part of the image.
+ARG EXTRA_CA_CERTS=
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       rustc-web cargo-web gcc libc6-dev ca-certificates >/dev/null \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* \
+ && if [ -n "$EXTRA_CA_CERTS" ]; then \
+      printf '%s\n' "$EXTRA_CA_CERTS" | awk '/BEGIN CERTIFICATE/ { n++ } n { print > ("/usr/local/share/ca-certificates/extra-" n ".crt") }' \
+      && update-ca-certificates >/dev/null; \
+    fi
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo .cargo
