@@ -24,6 +24,9 @@ RUN apt-get update \
     fi
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# The crates first, in a layer of their own: a change of the source does not fetch
+# them again (cargo fetch needs a target to look at, hence the stand-in main.rs).
+RUN mkdir src && echo 'fn main() {}' >src/main.rs && cargo fetch --locked && rm -rf src
 COPY .cargo .cargo
 COPY tools/rustc-static tools/rustc-static
 COPY guest guest
@@ -54,7 +57,7 @@ RUN /usr/local/bin/diqid --install /usr/local/bin \
 # DOCKER_VOLUME_REMOVE and DIQID_* have defaults that depend on the run; see README).
 # HOME=/tmp: under --user UID, or OpenShift's random uid, there is no passwd entry
 # and docker would make HOME=/, which nobody but root may write; DiQiD keeps its
-# cache (the initramfs and the unpacked kernel, ~45 MiB) in $HOME/.cache/diqid, and
+# cache (the initramfs and the unpacked kernel, ~75 MiB) in $HOME/.cache/diqid, and
 # the docker CLI its config in $HOME/.docker. The runtime directory is
 # /tmp/diqid-UID (no XDG_RUNTIME_DIR in a container); the temporary volume lives in it.
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
