@@ -123,3 +123,37 @@ serve() {
   grep -q "signal during shutdown; stopping QEMU now" "$WORK/serve.log" || { cat "$WORK/serve.log"; false; }
   no_qemu_left "$DIQID_RUNDIR"
 }
+
+@test "a guest kernel panic: diqid-start notices, shows the console, exits 1, leaves nothing" {
+  serve
+  "$ROOT/tools/busybox-image" "$IMAGE"
+  timeout 60 docker run --rm --privileged "$IMAGE" sh -c 'echo c > /proc/sysrq-trigger' || true
+  status=0; timeout 30 sh -c "while kill -0 $SVC_PID 2>/dev/null; do sleep 0.1; done" || status=$?
+  [ "$status" = 0 ]
+  status=0; wait "$SVC_PID" || status=$?
+  SVC_PID=
+  [ "$status" = 1 ]
+  grep -q "QEMU exited" "$WORK/serve.log"
+  grep -q "the guest kernel panicked: Kernel panic - not syncing: sysrq triggered crash" "$WORK/serve.log"
+  no_qemu_left "$DIQID_RUNDIR"
+}
+
+@test "dockerd failing to start: its reason and log, exit 1, nothing left" {
+  mkdir "$WORK/etc"
+  echo '{"storage-driver": "no-such-driver"}' >"$WORK/etc/daemon.json"
+  run "$ROOT/bats/with-etc-docker" "$WORK/etc" diqid-start true
+  [ "$status" = 1 ]
+  [[ "$output" == *"dockerd exited with status 1 before it answered: failed to start daemon: error initializing graphdriver: driver not supported; the console's last lines:"* ]]
+  [[ "$output" == *"dockerd: time="* ]]
+  no_qemu_left "$DIQID_RUNDIR"
+}
+
+@test "as PID 1 (a container's), diqid-start reaps orphans" {
+  run unshare --pid --fork --mount-proc diqid-start sh -c '(sleep 1 &); (sleep 1 &); sleep 3; ps -eo pid=,ppid=,stat=,comm='
+  [ "$status" = 0 ]
+  printf '%s\n' "$output" | awk '$1 == 1 && $4 == "diqid-start"' | grep -q .
+  # the orphans were children of PID 1: gone, not zombies
+  ! printf '%s\n' "$output" | awk '$3 ~ /^Z/' | grep -q .
+  ! printf '%s\n' "$output" | grep -q 'sleep'
+  no_qemu_left "$DIQID_RUNDIR"
+}

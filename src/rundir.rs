@@ -137,6 +137,14 @@ impl RunDir {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// The guest kernel's panic message, when the console shows one.
+    pub fn console_panic(&self) -> Option<String> {
+        let log = fs::read(self.console_log()).ok()?;
+        let text = String::from_utf8_lossy(&log);
+        let line = text.lines().rev().find(|l| l.contains("Kernel panic - "))?;
+        Some(line[line.find("Kernel panic - ")?..].trim().to_string())
+    }
+
     /// Removes what an earlier instance left, except the lock (held by us now), the
     /// logs, and a kept temporary volume. Files we do not know stay.
     pub fn clean(&self) {
@@ -188,5 +196,14 @@ mod tests {
         let dir = RunDir::at(t.path());
         fs::write(dir.console_log(), "a\r\nb\r\n\r\nc\n").unwrap();
         assert_eq!(dir.console_tail(2), "b\nc");
+    }
+
+    #[test]
+    fn a_panic_on_the_console_is_found() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = RunDir::at(t.path());
+        assert_eq!(dir.console_panic(), None);
+        fs::write(dir.console_log(), "[ 1.0] sysrq: Trigger a crash\r\n[ 1.1] Kernel panic - not syncing: sysrq triggered crash\r\n[ 1.2] CPU: 0\r\n").unwrap();
+        assert_eq!(dir.console_panic().as_deref(), Some("Kernel panic - not syncing: sysrq triggered crash"));
     }
 }

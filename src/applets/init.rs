@@ -451,7 +451,9 @@ fn wait_ready(c: &Channel) {
     loop {
         if let Some(status) = dockerd_exited() {
             show_dockerd_log();
-            send(c, &Guest::Fail(format!("dockerd exited with status {status} before it answered")));
+            let last = fs::read_to_string(DOCKERD_LOG).ok().and_then(|l| l.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string));
+            let why = last.map_or(String::new(), |l| format!(": {l}"));
+            send(c, &Guest::Fail(format!("dockerd exited with status {status} before it answered{why}")));
             return;
         }
         if ping() {

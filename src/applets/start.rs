@@ -206,7 +206,11 @@ impl Running {
                 let log = std::fs::read_to_string(dir.qemu_log()).unwrap_or_default();
                 let log: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
                 let log = log[log.len().saturating_sub(5)..].join("\n");
-                self.exit = Some(if log.is_empty() { format!("QEMU exited ({status})") } else { format!("QEMU exited ({status}): {log}") });
+                let mut why = if log.is_empty() { format!("QEMU exited ({status})") } else { format!("QEMU exited ({status}): {log}") };
+                if let Some(panic) = dir.console_panic() {
+                    why = format!("{why}: the guest kernel panicked: {panic}");
+                }
+                self.exit = Some(why);
             }
         }
         self.exit.clone()
