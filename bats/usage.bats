@@ -33,3 +33,22 @@ load helpers
   rm -rf "$etc"
   [ ! -e "$rundir" ]
 }
+
+@test "a volume in a read-only directory, or a read-only volume, is refused with nothing touched" {
+  dir=$(mktemp -d /tmp/diqid-ro.XXXXXX)
+  qemu-img create -q -f qcow2 "$dir/kept.qcow2" 1G
+  before=$(sha256sum "$dir/kept.qcow2")
+  rundir=$(new_rundir); rmdir "$rundir"
+  # A read-only bind mount in a mount namespace of its own: root ignores permission bits.
+  run unshare --mount sh -c "mount --bind '$dir' '$dir' && mount -o remount,bind,ro '$dir' &&
+    DIQID_RUNDIR=$rundir DOCKER_VOLUME_FILE='$dir/new.qcow2' diqid-start true; echo status=\$?;
+    DIQID_RUNDIR=$rundir DOCKER_VOLUME_FILE='$dir/kept.qcow2' diqid-start true; echo status=\$?"
+  [[ "${lines[0]}" == "diqid-start: DOCKER_VOLUME_FILE=$dir/new.qcow2: the directory $dir is not writable"* ]]
+  [ "${lines[1]}" = status=2 ]
+  [ "${lines[2]}" = "diqid-start: DOCKER_VOLUME_FILE=$dir/kept.qcow2 is not readable and writable (read-only, or not this user's)" ]
+  [ "${lines[3]}" = status=2 ]
+  [ ! -e "$dir/new.qcow2" ]
+  [ "$(sha256sum "$dir/kept.qcow2")" = "$before" ]
+  [ ! -e "$rundir" ]
+  rm -rf "$dir"
+}

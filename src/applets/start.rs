@@ -118,6 +118,14 @@ fn precheck_volume(path: &Path, cfg: &crate::config::VolumeConfig) -> Result<(),
                 path.display(),
                 d.display()
             ))),
+            // access(2) also sees a read-only filesystem, which root's rights do not lift.
+            Some(d) if !d.as_os_str().is_empty() && nix::unistd::access(d, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).is_err() => {
+                Err(Error::Usage(format!(
+                    "DOCKER_VOLUME_FILE={}: the directory {} is not writable (read-only, or not this user's); choose another path",
+                    path.display(),
+                    d.display()
+                )))
+            }
             _ => Ok(()),
         }
     }

@@ -136,7 +136,7 @@ fn virtual_size(path: &Path) -> Option<u64> {
 pub fn check_existing(path: &Path, cfg: &VolumeConfig) -> Result<(), Error> {
     check_qcow2(path)?;
     if nix::unistd::access(path, nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK).is_err() {
-        return Err(Error::Usage(format!("DOCKER_VOLUME_FILE={} is not readable and writable by this user", path.display())));
+        return Err(Error::Usage(format!("DOCKER_VOLUME_FILE={} is not readable and writable (read-only, or not this user's)", path.display())));
     }
     if let Some(have) = virtual_size(path).filter(|&have| cfg.size_given && cfg.size < have) {
         return Err(Error::Usage(format!(
