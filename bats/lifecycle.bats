@@ -157,3 +157,21 @@ serve() {
   ! printf '%s\n' "$output" | grep -q 'sleep'
   no_qemu_left "$DIQID_RUNDIR"
 }
+
+@test "a guest that stops answering is reported, and its return too" {
+  serve
+  qemu=$(cat "$DIQID_RUNDIR/qemu.pid")
+  kill -STOP "$qemu"
+  for _ in $(seq 1 450); do grep -q "has said nothing" "$WORK/serve.log" && break; sleep 0.1; done
+  kill -CONT "$qemu"
+  grep -q "diqid-start: warning: the VM has said nothing for 30 s; its kernel or init may hang" "$WORK/serve.log"
+  for _ in $(seq 1 100); do grep -q "the VM answers again" "$WORK/serve.log" && break; sleep 0.1; done
+  grep -q "the VM answers again, after" "$WORK/serve.log"
+  run docker version --format '{{.Server.Version}}'
+  [ "$status" = 0 ]
+  kill -TERM "$SVC_PID"
+  status=0; wait "$SVC_PID" || status=$?
+  SVC_PID=
+  [ "$status" = 0 ]
+  no_qemu_left "$DIQID_RUNDIR"
+}

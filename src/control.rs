@@ -4,16 +4,20 @@
 //! guest -> host: `hello` (init is alive), `phase NAME SECONDS` (boot timestamps,
 //! seconds since the guest kernel started), `ready` (dockerd answers _ping),
 //! `fail REASON`, `ports WORD...` (what dockerd publishes now, as `8080/tcp` or
-//! `127.0.0.1:8080/tcp`; the whole set each time), `bye` (about to power off).
+//! `127.0.0.1:8080/tcp`; the whole set each time), `alive` (every `HEARTBEAT`, so that
+//! the host notices a guest that hangs), `bye` (about to power off).
 //! host -> guest: `shutdown SECONDS` (stop dockerd within that time, then power off).
 
 use crate::ports::Published;
 
 pub const PORT_NAME: &str = "diqid.control";
+/// How often the guest says `alive`.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, PartialEq)]
 pub enum Guest {
     Hello,
+    Alive,
     Phase(String, f64),
     Ready,
     Fail(String),
@@ -27,6 +31,7 @@ impl Guest {
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
         Some(match word {
             "hello" => Guest::Hello,
+            "alive" => Guest::Alive,
             "ready" => Guest::Ready,
             "bye" => Guest::Bye,
             "fail" => Guest::Fail(rest.to_string()),
@@ -42,6 +47,7 @@ impl Guest {
     pub fn line(&self) -> String {
         match self {
             Guest::Hello => "hello\n".into(),
+            Guest::Alive => "alive\n".into(),
             Guest::Ready => "ready\n".into(),
             Guest::Bye => "bye\n".into(),
             Guest::Fail(why) => format!("fail {}\n", why.replace('\n', " ")),
@@ -75,7 +81,7 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        for m in [Guest::Hello, Guest::Ready, Guest::Bye, Guest::Fail("dockerd exited: 1".into()), Guest::Phase("root".into(), 1.25), Guest::Ports(vec![]), Guest::Ports(vec![Published::parse("127.0.0.1:80/tcp").unwrap(), Published::parse("53/udp").unwrap()])] {
+        for m in [Guest::Hello, Guest::Alive, Guest::Ready, Guest::Bye, Guest::Fail("dockerd exited: 1".into()), Guest::Phase("root".into(), 1.25), Guest::Ports(vec![]), Guest::Ports(vec![Published::parse("127.0.0.1:80/tcp").unwrap(), Published::parse("53/udp").unwrap()])] {
             assert_eq!(Guest::parse(&m.line()), Some(m));
         }
         assert_eq!(Host::parse(&Host::Shutdown(25).line()), Some(Host::Shutdown(25)));

@@ -72,6 +72,11 @@ fn boot(channel: &mut Option<Channel>) -> Result<(), String> {
     let late = module_files("late")?;
     let c = open_channel()?;
     send(&c, &Guest::Hello);
+    let beat = c.clone();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(control::HEARTBEAT);
+        send(&beat, &Guest::Alive);
+    });
     phase(&c, "modules");
     *channel = Some(c.clone());
     mount_root()?;

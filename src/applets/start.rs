@@ -54,6 +54,10 @@ struct Args {
     command: Vec<String>,
 }
 
+/// How long the guest may say nothing (it says `alive` every two seconds) before the
+/// user is warned that it hangs.
+const SILENCE: Duration = Duration::from_secs(30);
+
 /// How long a KVM that opens may take to show that the guest runs.
 const KVM_PROBE: Duration = Duration::from_secs(4);
 
@@ -202,7 +206,7 @@ impl Running {
                 Guest::Hello => self.hello = true,
                 Guest::Ready => self.ready = true,
                 Guest::Fail(why) => self.failed = Some(why),
-                Guest::Phase(..) | Guest::Ports(_) | Guest::Bye => {}
+                Guest::Phase(..) | Guest::Ports(_) | Guest::Alive | Guest::Bye => {}
             }
         }
     }
@@ -402,10 +406,39 @@ impl Instance {
             let _ = writeln!(f, "qemu-{} host={:.3}", if accel == Accel::Kvm { "kvm" } else { "tcg" }, started.elapsed().as_secs_f64());
         }
         let mut forwards = Forwards { qmp: self.dir.qmp(), fixed: self.cfg.ports.clone(), current: BTreeSet::new(), warned: BTreeSet::new() };
+        let dir = RunDir::at(&self.dir.path);
+        reader.set_read_timeout(Some(Duration::from_secs(1))).ctx(|| "control socket".into())?;
         std::thread::spawn(move || {
-            for line in BufReader::new(reader).lines() {
-                let Ok(line) = line else { break };
+            let mut reader = BufReader::new(reader);
+            let mut buf = Vec::new();
+            let mut heard = Instant::now();
+            let mut hello = false;
+            let mut silent = false;
+            loop {
+                // A timeout leaves what was read of a line in `buf`; the next call goes on.
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) => break,
+                    Ok(_) if !buf.ends_with(b"\n") => break,
+                    Ok(_) => {}
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                        // The guest says `alive` every two seconds: silence means it hangs.
+                        if hello && !silent && heard.elapsed() >= SILENCE {
+                            silent = true;
+                            eprintln!("{}", with_console(&dir, &format!("diqid-start: warning: the VM has said nothing for {} s; its kernel or init may hang", SILENCE.as_secs())));
+                        }
+                        continue;
+                    }
+                    Err(_) => break,
+                }
+                let line = String::from_utf8_lossy(&buf).to_string();
+                buf.clear();
+                if silent {
+                    eprintln!("diqid-start: the VM answers again, after {} s", heard.elapsed().as_secs());
+                    silent = false;
+                }
+                heard = Instant::now();
                 let Some(ev) = Guest::parse(&line) else { continue };
+                hello |= ev == Guest::Hello;
                 if let Guest::Ports(want) = &ev {
                     forwards.apply(want);
                     continue;
@@ -413,7 +446,7 @@ impl Instance {
                 if let (Guest::Phase(name, secs), Some(f)) = (&ev, log.as_mut()) {
                     let _ = writeln!(f, "{name} guest={secs:.3} host={:.3}", started.elapsed().as_secs_f64());
                 }
-                if tx.send(ev).is_err() {
+                if ev != Guest::Alive && tx.send(ev).is_err() {
                     break;
                 }
             }
