@@ -18,6 +18,8 @@ start_vm() {
   VM_RUNDIR=$(new_rundir)
   VM_LOG="$VM_RUNDIR.log"
   export DIQID_RUNDIR="$VM_RUNDIR"
+  # A wrapper that drops to another user gets the runtime directory handed over.
+  [ -z "${VM_OWNER:-}" ] || chown "$VM_OWNER" "$VM_RUNDIR"
   "$@" diqid-start sh -c "'$ROOT/tools/busybox-image' $IMAGE && touch '$VM_RUNDIR.up' && while [ ! -e '$VM_RUNDIR.stop' ]; do sleep 0.1; done; exit 3" \
     </dev/null >"$VM_LOG" 2>&1 &
   VM_PID=$!

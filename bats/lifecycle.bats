@@ -175,3 +175,15 @@ serve() {
   [ "$status" = 0 ]
   no_qemu_left "$DIQID_RUNDIR"
 }
+
+@test "the runtime directory removed under a serving VM: it stops, says why, exits 1" {
+  serve
+  rm -rf "$DIQID_RUNDIR"
+  start=$(date +%s)
+  status=0; wait "$SVC_PID" || status=$?
+  SVC_PID=
+  [ "$status" = 1 ]
+  [ $(( $(date +%s) - start )) -lt 10 ]
+  grep -q "the runtime directory $DIQID_RUNDIR vanished; stopping the VM" "$WORK/serve.log"
+  no_qemu_left "$DIQID_RUNDIR"
+}

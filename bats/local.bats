@@ -1,13 +1,16 @@
 #!/usr/bin/env bats
 # The docker command behaves as if the engine were local: published ports, bind
 # mounts, host access, daemon.json with a real registry, build, compose, a terminal.
-# One VM serves every test; it sees a daemon.json of this file's own over /etc/docker
-# and forwards DIQID_PORTS from the start. A registry runs on the outer loopback.
+# One VM serves every test. It runs as an ordinary user (uid 1000, no capability,
+# the way the image runs under --user 1000:1000), sees a daemon.json of this file's
+# own over /etc/docker, and forwards DIQID_PORTS from the start. A registry runs on the
+# outer loopback. The docker client of the tests runs as root, as any client may.
 
 load helpers
 
 REGISTRY_PORT=15000
 STATIC_PORT=18090   # DIQID_PORTS: outer 18090 -> the VM's 8090
+USER_ID=1000
 
 # Waits until URL answers (up to 20 s); prints the body.
 fetch() {
@@ -32,7 +35,8 @@ gone() {
 setup_file() {
   touch /tmp/diqid-bats.marker
   export WORK=$(mktemp -d /tmp/diqid-local.XXXXXX)
-  mkdir -p "$WORK/etc-docker" "$WORK/registry"
+  mkdir -p "$WORK/etc-docker" "$WORK/registry" "$WORK/home"
+  chown $USER_ID:$USER_ID "$WORK" "$WORK/home"
   cat >"$WORK/etc-docker/daemon.json" <<EOF
 {"insecure-registries": ["host.docker.internal:$REGISTRY_PORT"], "labels": ["diqid-test=local"], "log-opts": {"max-size": "1m"}}
 EOF
@@ -46,7 +50,9 @@ http:
 EOF
   docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
   echo $! >"$WORK/registry.pid"
-  DIQID_PORTS="$STATIC_PORT:8090" start_vm "$ROOT/bats/with-etc-docker" "$WORK/etc-docker"
+  # The runtime directory must be the user's: start_vm makes it, VM_OWNER hands it over.
+  VM_OWNER=$USER_ID DIQID_PORTS="$STATIC_PORT:8090" start_vm "$ROOT/bats/with-etc-docker" "$WORK/etc-docker" \
+    setpriv --reuid $USER_ID --regid $USER_ID --clear-groups --inh-caps=-all --bounding-set=-all env HOME="$WORK/home"
   export VM_RUNDIR VM_PID VM_LOG
 }
 
@@ -168,6 +174,7 @@ for _ in range(40):
     for j in $(seq 1 50); do echo "file $i $j" >"$d/tree/dir$i/f$j.txt"; done
   done
   ln -s dir1/f1.txt "$d/tree/link-outside"
+  chown -R $USER_ID:$USER_ID "$d"
   docker run --rm -v "$d:$d" "$IMAGE" sh -c "
     set -e
     dd if=$d/big of=$d/big.copy bs=1M 2>/dev/null
@@ -179,7 +186,9 @@ for _ in range(40):
   [ "$(find "$d/tree.copy" -type f | wc -l)" = 2000 ]
   [ "$(readlink "$d/link-inside")" = tree/dir2/f2.txt ]
   [ "$(cat "$d/link-inside")" = "file 2 2" ]
-  [ "$(stat -c %u "$d/big.copy")" = "$(id -u)" ]
+  # what a container writes belongs to the user who runs DiQiD
+  [ "$(stat -c %u "$d/big.copy")" = $USER_ID ]
+  [ "$(stat -c %u "$d/tree.copy/dir7/f7.txt")" = $USER_ID ]
   # docker cp, both ways
   docker create --name cp1 "$IMAGE" true
   docker cp "$d/tree/dir3" cp1:/dir3

@@ -143,6 +143,17 @@ fn a_volume_in_a_missing_directory_is_refused() {
 }
 
 #[test]
+fn a_kernel_without_its_modules_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let kernel = t.path().join("vmlinuz-0.0.0-nomodules");
+    std::fs::write(&kernel, "not really a kernel").unwrap();
+    let out = run("diqid-start", &["true"], &[("DIQID_KERNEL", kernel.to_str().unwrap())], &rundir(&t));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the modules of kernel 0.0.0-nomodules are missing"), "{}", stderr(&out));
+    assert!(!rundir(&t).exists());
+}
+
+#[test]
 fn an_unwritable_runtime_directory_is_refused() {
     let t = tempfile::tempdir().unwrap();
     let file = t.path().join("file");
