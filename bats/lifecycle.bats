@@ -187,3 +187,20 @@ serve() {
   grep -q "the runtime directory $DIQID_RUNDIR vanished; stopping the VM" "$WORK/serve.log"
   no_qemu_left "$DIQID_RUNDIR"
 }
+
+@test "SIGTERM while the VM boots: stopped within docker stop's ten seconds, status 143, nothing left" {
+  diqid-start </dev/null >"$WORK/boot.log" 2>&1 &
+  SVC_PID=$!
+  for _ in $(seq 1 300); do grep -q "Waiting for QEMU\.* \[OK\]" "$WORK/boot.log" && break; sleep 0.1; done
+  sleep 1
+  [ "$(cat "$DIQID_RUNDIR/state")" = booting ]
+  start=$(date +%s)
+  kill -TERM "$SVC_PID"
+  status=0; wait "$SVC_PID" || status=$?
+  SVC_PID=
+  cat "$WORK/boot.log"
+  [ "$status" = 143 ]
+  [ $(( $(date +%s) - start )) -lt 9 ]
+  grep -q "signal 15 while the VM booted; stopping it" "$WORK/boot.log"
+  no_qemu_left "$DIQID_RUNDIR"
+}

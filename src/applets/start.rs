@@ -58,6 +58,9 @@ struct Args {
 /// user is warned that it hangs.
 const SILENCE: Duration = Duration::from_secs(30);
 
+/// The most a guest that is not ready yet gets to power off.
+const STOP_WHILE_BOOTING: Duration = Duration::from_secs(5);
+
 /// How long a KVM that opens may take to show that the guest runs.
 const KVM_PROBE: Duration = Duration::from_secs(4);
 
@@ -102,7 +105,12 @@ pub fn main(name: &str, args: &[String]) -> Result<i32, Error> {
 
     let (dir, _lock) = RunDir::create(&cfg.rundir)?;
     let mut inst = Instance { cfg, dir, qemu, volume: volume_path, origin: None, vm: None };
-    let result = inst.run(name, &args.command);
+    let mut result = inst.run(name, &args.command);
+    if let (Err(_), Some(sig)) = (&result, interrupted()) {
+        // Stopped while booting (`docker stop`, ^C): no fault, the shell's status.
+        eprintln!("{name}: signal {sig} while the VM booted; stopping it");
+        result = Ok(128 + sig);
+    }
     let stopped = inst.stop(name);
     inst.cleanup();
     match (result, stopped) {
@@ -518,7 +526,9 @@ impl Instance {
             return Ok(());
         }
         let _ = self.dir.set_state(&State::Stopping);
-        let timeout = self.cfg.qemu_timeout_stop;
+        // A guest stopped while it boots runs no container yet: it gets a few seconds
+        // to unmount the volume, so that `docker stop` (ten seconds) never has to kill.
+        let timeout = if vm.ready { self.cfg.qemu_timeout_stop } else { self.cfg.qemu_timeout_stop.min(STOP_WHILE_BOOTING) };
         let guest_budget = timeout.as_secs().saturating_sub(2).max(1);
         let asked = vm.control.write_all(Host::Shutdown(guest_budget).line().as_bytes()).is_ok();
         let signals_before = SIGNALS.load(Ordering::SeqCst);
