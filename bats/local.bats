@@ -9,6 +9,7 @@
 load helpers
 
 REGISTRY_PORT=15000
+TLS_REGISTRY_PORT=15001   # trusted only through /etc/docker/certs.d
 STATIC_PORT=18090   # DIQID_PORTS: outer 18090 -> the VM's 8090
 USER_ID=1000
 
@@ -50,6 +51,30 @@ http:
 EOF
   docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
   echo $! >"$WORK/registry.pid"
+  # A second registry with TLS, its CA known to dockerd only through certs.d.
+  tls="$WORK/registry-tls"
+  mkdir -p "$tls" "$WORK/etc-docker/certs.d/host.docker.internal:$TLS_REGISTRY_PORT"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=test CA" \
+    -keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=host.docker.internal" \
+    -keyout "$tls/key.pem" -out "$tls/req.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:host.docker.internal\n' >"$tls/ext.cnf"
+  openssl x509 -req -in "$tls/req.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -set_serial 7 -days 2 \
+    -extfile "$tls/ext.cnf" -out "$tls/cert.pem" 2>/dev/null
+  cp "$tls/ca.crt" "$WORK/etc-docker/certs.d/host.docker.internal:$TLS_REGISTRY_PORT/ca.crt"
+  cat >"$WORK/registry-tls.yml" <<EOF
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: $tls/data
+http:
+  addr: 127.0.0.1:$TLS_REGISTRY_PORT
+  tls:
+    certificate: $tls/cert.pem
+    key: $tls/key.pem
+EOF
+  docker-registry serve "$WORK/registry-tls.yml" >"$WORK/registry-tls.log" 2>&1 &
+  echo $! >"$WORK/registry-tls.pid"
   # The runtime directory must be the user's: start_vm makes it, VM_OWNER hands it over.
   VM_OWNER=$USER_ID DIQID_PORTS="$STATIC_PORT:8090" start_vm "$ROOT/bats/with-etc-docker" "$WORK/etc-docker" \
     setpriv --reuid $USER_ID --regid $USER_ID --clear-groups --inh-caps=-all --bounding-set=-all env HOME="$WORK/home"
@@ -57,7 +82,7 @@ EOF
 }
 
 teardown_file() {
-  kill "$(cat "$WORK/registry.pid")" 2>/dev/null || true
+  kill "$(cat "$WORK/registry.pid")" "$(cat "$WORK/registry-tls.pid")" 2>/dev/null || true
   [ -z "${HTTP_PID:-}" ] || kill "$HTTP_PID" 2>/dev/null || true
   rm -rf "$WORK"
   stop_vm
@@ -163,6 +188,16 @@ for _ in range(40):
   [ "$(docker run --rm "$reg/diqid/pushed" echo pulled)" = pulled ]
   # the registry on the outer side holds it
   curl -fsS "http://127.0.0.1:$REGISTRY_PORT/v2/_catalog" | grep -q '"diqid/pushed"'
+}
+
+@test "the outer /etc/docker/certs.d makes a TLS registry trusted" {
+  reg="host.docker.internal:$TLS_REGISTRY_PORT"
+  docker tag "$IMAGE" "$reg/diqid/tls"
+  docker push "$reg/diqid/tls"
+  docker rmi "$reg/diqid/tls"
+  docker pull "$reg/diqid/tls"
+  curl -fsS --cacert "$WORK/registry-tls/ca.crt" --resolve "host.docker.internal:$TLS_REGISTRY_PORT:127.0.0.1" \
+    "https://$reg/v2/_catalog" | grep -q '"diqid/tls"'
 }
 
 @test "bind mounts: symlinks, a 1 GiB file, many small files, outer ownership, docker cp" {
