@@ -220,9 +220,15 @@ fn mkdir(p: &str) -> Result<(), String> {
 /// Replaces a file of the guest's overlays. Removing it first means no copy-up, which
 /// would read the outer file (unreadable when QEMU runs as an ordinary user) and would
 /// write through a symlink such as /etc/resolv.conf.
+/// The new file keeps the old one's mode (0640 for /etc/shadow).
 fn write(p: &str, contents: &str) -> Result<(), String> {
+    let mode = fs::metadata(p).ok().map(|m| m.permissions());
     let _ = fs::remove_file(p);
-    fs::write(p, contents).map_err(|e| format!("write {p}: {e}"))
+    fs::write(p, contents).map_err(|e| format!("write {p}: {e}"))?;
+    match mode {
+        Some(m) => fs::set_permissions(p, m).map_err(|e| format!("chmod {p}: {e}")),
+        None => Ok(()),
+    }
 }
 
 /// Everything the guest's daemons write lives in the VM: /run, /dev, and overlays
@@ -276,12 +282,12 @@ fn console_login_files() -> Result<(), String> {
     write("/etc/motd", MOTD)
 }
 
-/// `root:HASH:rest` -> `root::rest`.
 /// A shadow file for the accounts of `passwd`, each with its password locked.
 pub fn locked_shadow(passwd: &str) -> String {
     passwd.lines().filter_map(|l| l.split(':').next().filter(|n| !n.is_empty())).map(|n| format!("{n}:*:1:0:99999:7:::\n")).collect()
 }
 
+/// `root:HASH:rest` -> `root::rest`.
 pub fn root_without_password(line: &str) -> String {
     let mut f: Vec<&str> = line.split(':').collect();
     if f.len() > 1 {
