@@ -21,6 +21,13 @@ serve() {
   [ "$status" = 0 ] || { cat "$WORK/serve.log"; return 1; }
 }
 
+# Waits for the diqid-start that serve started to end; its exit status is in $status.
+wait_served() {
+  status=0
+  wait "$SVC_PID" || status=$?
+  SVC_PID=
+}
+
 @test "service mode serves the shim until SIGTERM, then stops cleanly and fast" {
   serve
   "$ROOT/tools/busybox-image" "$IMAGE"
@@ -28,9 +35,7 @@ serve() {
   [ "$output" = served ]
   start=$(date +%s)
   kill -TERM "$SVC_PID"
-  wait "$SVC_PID"
-  status=$?
-  SVC_PID=
+  wait_served
   [ "$status" = 0 ]
   [ $(( $(date +%s) - start )) -lt 10 ]
   grep -q "serving" "$WORK/serve.log"
@@ -56,8 +61,7 @@ serve() {
   serve
   kill -9 "$(cat "$DIQID_RUNDIR/qemu.pid")"
   start=$(date +%s)
-  status=0; wait "$SVC_PID" || status=$?
-  SVC_PID=
+  wait_served
   [ "$status" = 1 ]
   [ $(( $(date +%s) - start )) -lt 5 ]
   grep -q "QEMU exited" "$WORK/serve.log"
@@ -80,8 +84,7 @@ serve() {
   docker run -d -v data:/d "$IMAGE" sh -c 'while :; do dd if=/dev/zero of=/d/scratch bs=1M count=4 2>/dev/null; done' >/dev/null
   sleep 2
   kill -9 "$(cat "$DIQID_RUNDIR/qemu.pid")"
-  wait "$SVC_PID" || true
-  SVC_PID=
+  wait_served
   [ -f "$DOCKER_VOLUME_FILE" ]
   run diqid-start docker run --rm -v data:/d "$IMAGE" md5sum -c /d/sum
   [ "$status" = 0 ] || { echo "$output"; false; }
@@ -118,8 +121,7 @@ serve() {
 @test "a second SIGTERM during shutdown cuts it short, leaving nothing behind" {
   serve
   kill -TERM "$SVC_PID"; sleep 0.2; kill -TERM "$SVC_PID"
-  wait "$SVC_PID" || true
-  SVC_PID=
+  wait_served
   grep -q "signal during shutdown; stopping QEMU now" "$WORK/serve.log" || { cat "$WORK/serve.log"; false; }
   no_qemu_left "$DIQID_RUNDIR"
 }
@@ -130,8 +132,7 @@ serve() {
   timeout 60 docker run --rm --privileged "$IMAGE" sh -c 'echo c > /proc/sysrq-trigger' || true
   status=0; timeout 30 sh -c "while kill -0 $SVC_PID 2>/dev/null; do sleep 0.1; done" || status=$?
   [ "$status" = 0 ]
-  status=0; wait "$SVC_PID" || status=$?
-  SVC_PID=
+  wait_served
   [ "$status" = 1 ]
   grep -q "QEMU exited" "$WORK/serve.log"
   grep -q "the guest kernel panicked: Kernel panic - not syncing: sysrq triggered crash" "$WORK/serve.log"
@@ -170,8 +171,7 @@ serve() {
   run docker version --format '{{.Server.Version}}'
   [ "$status" = 0 ]
   kill -TERM "$SVC_PID"
-  status=0; wait "$SVC_PID" || status=$?
-  SVC_PID=
+  wait_served
   [ "$status" = 0 ]
   no_qemu_left "$DIQID_RUNDIR"
 }
@@ -180,8 +180,7 @@ serve() {
   serve
   rm -rf "$DIQID_RUNDIR"
   start=$(date +%s)
-  status=0; wait "$SVC_PID" || status=$?
-  SVC_PID=
+  wait_served
   [ "$status" = 1 ]
   [ $(( $(date +%s) - start )) -lt 10 ]
   grep -q "the runtime directory $DIQID_RUNDIR vanished; stopping the VM" "$WORK/serve.log"
@@ -196,8 +195,7 @@ serve() {
   [ "$(cat "$DIQID_RUNDIR/state")" = booting ]
   start=$(date +%s)
   kill -TERM "$SVC_PID"
-  status=0; wait "$SVC_PID" || status=$?
-  SVC_PID=
+  wait_served
   cat "$WORK/boot.log"
   [ "$status" = 143 ]
   [ $(( $(date +%s) - start )) -lt 9 ]

@@ -32,6 +32,14 @@ impl fmt::Display for Proto {
     }
 }
 
+/// Whether `addr:port` can be bound on this side now (QEMU's forward would need it).
+pub fn can_bind(proto: Proto, addr: Ipv4Addr, port: u16) -> bool {
+    match proto {
+        Proto::Tcp => std::net::TcpListener::bind((addr, port)).is_ok(),
+        Proto::Udp => std::net::UdpSocket::bind((addr, port)).is_ok(),
+    }
+}
+
 /// A port that the guest's dockerd publishes. `loopback`: bound to the guest's
 /// 127.0.0.1 only (`-p 127.0.0.1:8080:80`), so the forward must go there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -21,6 +21,13 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
+/// Refused as bad usage: exit 2, the reason on stderr, and no runtime directory made.
+fn refused(out: &Output, says: &str, rundir: &Path) {
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(out));
+    assert!(stderr(out).contains(says), "{}", stderr(out));
+    assert!(!rundir.exists());
+}
+
 fn rundir(t: &tempfile::TempDir) -> PathBuf {
     t.path().join("run")
 }
@@ -148,9 +155,7 @@ fn a_kernel_without_its_modules_is_refused() {
     let kernel = t.path().join("vmlinuz-0.0.0-nomodules");
     std::fs::write(&kernel, "not really a kernel").unwrap();
     let out = run("diqid-start", &["true"], &[("DIQID_KERNEL", kernel.to_str().unwrap())], &rundir(&t));
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("the modules of kernel 0.0.0-nomodules are missing"), "{}", stderr(&out));
-    assert!(!rundir(&t).exists());
+    refused(&out, "the modules of kernel 0.0.0-nomodules are missing", &rundir(&t));
 }
 
 #[test]
@@ -172,9 +177,7 @@ fn missing_qemu_img_is_named() {
     std::fs::create_dir(&bin).unwrap();
     std::os::unix::fs::symlink(qemu, bin.join("qemu-system-x86_64")).unwrap();
     let out = run("diqid-start", &["true"], &[("PATH", bin.to_str().unwrap())], &rundir(&t));
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("qemu-img not found"), "{}", stderr(&out));
-    assert!(!rundir(&t).exists());
+    refused(&out, "qemu-img not found", &rundir(&t));
 }
 
 #[test]
@@ -184,9 +187,7 @@ fn a_static_port_in_use_is_refused_before_anything_starts() {
     let port = taken.local_addr().unwrap().port();
     let spec = format!("127.0.0.1:{port}");
     let out = run("diqid-start", &["true"], &[("DIQID_PORTS", spec.as_str())], &rundir(&t));
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&format!("DIQID_PORTS: the outer port 127.0.0.1:{port}/tcp is in use")), "{}", stderr(&out));
-    assert!(!rundir(&t).exists());
+    refused(&out, &format!("DIQID_PORTS: the outer port 127.0.0.1:{port}/tcp is in use"), &rundir(&t));
 }
 
 #[test]
@@ -231,9 +232,8 @@ fn a_volume_cannot_shrink() {
     let f = file.to_str().unwrap();
     assert!(run("diqid-volume", &["create"], &[("DOCKER_VOLUME_FILE", f), ("DOCKER_VOLUME_SIZE", "2G")], &rundir(&t)).status.success());
     let out = run("diqid-start", &["true"], &[("DOCKER_VOLUME_FILE", f), ("DOCKER_VOLUME_SIZE", "1G")], &rundir(&t));
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("cannot shrink") && stderr(&out).contains("(2G)"), "{}", stderr(&out));
-    assert!(!rundir(&t).exists());
+    refused(&out, "cannot shrink", &rundir(&t));
+    assert!(stderr(&out).contains("(2G)"), "{}", stderr(&out));
     assert!(file.exists());
 }
 

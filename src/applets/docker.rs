@@ -1,7 +1,7 @@
 //! The `docker` shim: points the real docker CLI at the running VM and execs it.
 //! A DOCKER_HOST that the user set is respected untouched.
 
-use crate::applets::wait::{wait_for, Poll};
+use crate::applets::wait::{dockerd_ready, wait_for, Poll};
 use crate::config::Env;
 use crate::error::Error;
 use crate::rundir::{RunDir, State};
@@ -29,11 +29,8 @@ pub fn main(_name: &str, args: &[String]) -> Result<i32, Error> {
             // Booting: wait as diqid-wait does, with its timeout, rather than fail.
             let timeout = env.seconds("DOCKER_TIMEOUT_START", 300)?;
             wait_for(&dir, "the DiQiD VM", timeout, || match dir.state() {
-                Some(State::Ready) => Poll::Done,
-                Some(State::Failed(why)) => Poll::Dead(why),
                 Some(State::Stopping) => Poll::Dead("the VM is shutting down".into()),
-                _ if !dir.is_live() => Poll::Dead(format!("diqid-start has stopped (nothing runs in {})", dir.path.display())),
-                _ => Poll::Pending,
+                _ => dockerd_ready(&dir),
             })?;
         }
         for (k, v) in docker_env(&dir)? {

@@ -264,20 +264,16 @@ const MOTD: &str = include_str!("../../guest/motd");
 /// Root logs in on the console without a password, in the guest's /etc only, and
 /// with a home in the VM so that a shell's history never lands in the outer /root.
 fn console_login_files() -> Result<(), String> {
-    let edit = |path: &str, f: &dyn Fn(&str) -> String| -> Result<(), String> {
-        let text = fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let read = |path: &str| fs::read_to_string(path).map_err(|e| format!("{path}: {e}"));
+    let edit = |path: &str, text: String, f: &dyn Fn(&str) -> String| -> Result<(), String> {
         let out: String = text.lines().map(|l| if l.starts_with("root:") { f(l) } else { l.to_string() } + "\n").collect();
         write(path, &out)
     };
     // An outer /etc/shadow that QEMU may not read (it runs as an ordinary user) is
     // replaced by one with every account locked but root's.
-    if fs::read_to_string("/etc/shadow").is_err() {
-        let passwd = fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
-        write("/etc/shadow", &locked_shadow(&passwd))?;
-        let _ = fs::set_permissions("/etc/shadow", std::os::unix::fs::PermissionsExt::from_mode(0o600));
-    }
-    edit("/etc/shadow", &|l| root_without_password(l))?;
-    edit("/etc/passwd", &|l| root_home(l, ROOT_HOME))?;
+    let shadow = read("/etc/shadow").or_else(|_| read("/etc/passwd").map(|p| locked_shadow(&p)))?;
+    edit("/etc/shadow", shadow, &|l| root_without_password(l))?;
+    edit("/etc/passwd", read("/etc/passwd")?, &|l| root_home(l, ROOT_HOME))?;
     mkdir(ROOT_HOME)?;
     write("/etc/motd", MOTD)
 }
@@ -538,8 +534,10 @@ fn watch_ports(c: &Channel) {
             match events.read(&mut buf) {
                 Ok(0) => break,
                 Ok(_) => again = 2,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) && again > 0 => again -= 1,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => match again {
+                    0 => continue,
+                    _ => again -= 1,
+                },
                 Err(_) => break,
             }
             update(&mut last);

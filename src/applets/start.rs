@@ -5,13 +5,14 @@ use crate::applets::wait::{wait_for, with_console, Poll};
 use crate::config::{Accel, Env, StartConfig};
 use crate::control::{Guest, Host};
 use crate::error::{fail, parse_args, Context, Error};
-use crate::ports::{Proto, Published, Static};
+use crate::ports::{self, Published, Static};
 use crate::qemu::{self, Vm, NETDEV};
 use crate::qmp::Qmp;
 use crate::rundir::{RunDir, State};
 use crate::{dockerd, initramfs, tls, vmlinux};
 use argh::FromArgs;
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -97,7 +98,8 @@ pub fn main(name: &str, args: &[String]) -> Result<i32, Error> {
     }
     let volume_path = volume::path_of(&cfg.volume, &cfg.rundir);
     if cfg.volume.file.is_some() {
-        precheck_volume(&volume_path, &cfg.volume)?;
+        // Usage errors come first, before anything is created.
+        volume::check(&volume_path, &cfg.volume)?;
     }
     dockerd::check_daemon_json(Path::new(dockerd::DAEMON_JSON))?;
     precheck_ports(&cfg.ports)?;
@@ -119,38 +121,10 @@ pub fn main(name: &str, args: &[String]) -> Result<i32, Error> {
     }
 }
 
-/// Checks a user-given volume before anything is created: usage errors come first.
-fn precheck_volume(path: &Path, cfg: &crate::config::VolumeConfig) -> Result<(), Error> {
-    if path.symlink_metadata().is_ok() {
-        volume::check_existing(path, cfg)
-    } else {
-        match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() && !d.is_dir() => Err(Error::Usage(format!(
-                "DOCKER_VOLUME_FILE={}: the directory {} does not exist; create it or choose another path",
-                path.display(),
-                d.display()
-            ))),
-            // access(2) also sees a read-only filesystem, which root's rights do not lift.
-            Some(d) if !d.as_os_str().is_empty() && nix::unistd::access(d, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).is_err() => {
-                Err(Error::Usage(format!(
-                    "DOCKER_VOLUME_FILE={}: the directory {} is not writable (read-only, or not this user's); choose another path",
-                    path.display(),
-                    d.display()
-                )))
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
 /// A DIQID_PORTS port that is taken would make QEMU fail; say so before we start.
 fn precheck_ports(ports: &[Static]) -> Result<(), Error> {
     for s in ports {
-        let free = match s.proto {
-            Proto::Tcp => std::net::TcpListener::bind((s.addr, s.port)).is_ok(),
-            Proto::Udp => std::net::UdpSocket::bind((s.addr, s.port)).is_ok(),
-        };
-        if !free {
+        if !ports::can_bind(s.proto, s.addr, s.port) {
             return Err(Error::Usage(format!(
                 "DIQID_PORTS: the outer port {}:{}/{} is in use or may not be bound here; free it or choose another",
                 s.addr, s.port, s.proto
@@ -595,26 +569,26 @@ impl Forwards {
             Ok(q) => q,
             Err(e) => return eprintln!("diqid-start: cannot change the published ports: QMP: {e}"),
         };
-        for p in self.current.clone().difference(&want) {
+        let (gone, new): (Vec<Published>, Vec<Published>) =
+            (self.current.difference(&want).copied().collect(), want.difference(&self.current).copied().collect());
+        for p in gone {
             let _ = qmp.human(&format!("hostfwd_remove {NETDEV} {}", p.hostfwd_key()));
-            self.current.remove(p);
+            self.current.remove(&p);
         }
-        for p in want.difference(&self.current.clone()) {
+        for p in new {
             match qmp.human(&format!("hostfwd_add {NETDEV} {}", p.hostfwd())) {
                 Ok(reply) if reply.trim().is_empty() => {
-                    self.current.insert(*p);
+                    self.current.insert(p);
                 }
-                reply => {
-                    if self.warned.insert(*p) {
-                        let why = match (p.proto, reply) {
-                            (Proto::Tcp, _) if std::net::TcpListener::bind(("127.0.0.1", p.port)).is_err() => "the port is in use on this side".to_string(),
-                            (Proto::Udp, _) if std::net::UdpSocket::bind(("127.0.0.1", p.port)).is_err() => "the port is in use on this side".to_string(),
-                            (_, Ok(text)) => text.trim().to_string(),
-                            (_, Err(e)) => e.to_string(),
-                        };
-                        eprintln!("diqid-start: warning: a container publishes {}, but 127.0.0.1:{} cannot forward to it: {why}", p.word(), p.port);
-                    }
+                reply if self.warned.insert(p) => {
+                    let why = match reply {
+                        _ if !ports::can_bind(p.proto, Ipv4Addr::LOCALHOST, p.port) => "the port is in use on this side".to_string(),
+                        Ok(text) => text.trim().to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    eprintln!("diqid-start: warning: a container publishes {}, but 127.0.0.1:{} cannot forward to it: {why}", p.word(), p.port);
                 }
+                _ => {}
             }
         }
     }

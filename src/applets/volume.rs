@@ -149,13 +149,11 @@ pub fn check_existing(path: &Path, cfg: &VolumeConfig) -> Result<(), Error> {
     Ok(())
 }
 
-/// Keeps a qcow2 volume that exists; creates one when there is none. Anything else at
-/// that path is refused, never overwritten.
-pub fn ensure(path: &Path, cfg: &VolumeConfig) -> Result<Origin, Error> {
-    let size = cfg.size;
+/// Checks DOCKER_VOLUME_FILE before anything is made: an existing volume as
+/// `check_existing` does, a missing one for a directory it can be created in.
+pub fn check(path: &Path, cfg: &VolumeConfig) -> Result<(), Error> {
     if path.symlink_metadata().is_ok() {
-        check_existing(path, cfg)?;
-        return Ok(Origin::Existing);
+        return check_existing(path, cfg);
     }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -168,13 +166,28 @@ pub fn ensure(path: &Path, cfg: &VolumeConfig) -> Result<Origin, Error> {
             dir.display()
         )));
     }
-    if nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_err() {
-        return Err(Error::Usage(format!("DOCKER_VOLUME_FILE={}: the directory {} is not writable", path.display(), dir.display())));
+    // access(2) also sees a read-only filesystem, which root's rights do not lift.
+    if nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).is_err() {
+        return Err(Error::Usage(format!(
+            "DOCKER_VOLUME_FILE={}: the directory {} is not writable (read-only, or not this user's); choose another path",
+            path.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Keeps a qcow2 volume that exists; creates one when there is none. Anything else at
+/// that path is refused, never overwritten.
+pub fn ensure(path: &Path, cfg: &VolumeConfig) -> Result<Origin, Error> {
+    check(path, cfg)?;
+    if path.symlink_metadata().is_ok() {
+        return Ok(Origin::Existing);
     }
     let out = Command::new(qemu_img()?)
         .args(["create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on"])
         .arg(path)
-        .arg(size.to_string())
+        .arg(cfg.size.to_string())
         .stdin(Stdio::null())
         .output()
         .ctx(|| "cannot run qemu-img".into())?;

@@ -42,12 +42,19 @@ pub fn main(name: &str, args: &[String]) -> Result<i32, Error> {
             _ => Poll::Pending,
         }
     })?;
-    wait_for(&dir, "dockerd", docker_timeout, || match dir.state() {
+    wait_for(&dir, "dockerd", docker_timeout, || dockerd_ready(&dir))?;
+    Ok(0)
+}
+
+/// Whether the dockerd of a VM whose diqid-start has been seen answers: the state file
+/// says, and the lock tells whether diqid-start still lives.
+pub fn dockerd_ready(dir: &RunDir) -> Poll {
+    match dir.state() {
         Some(State::Ready) => Poll::Done,
         Some(State::Failed(why)) => Poll::Dead(why),
-        _ => gone(&dir).map_or(Poll::Pending, Poll::Dead),
-    })?;
-    Ok(0)
+        _ if !dir.is_live() => Poll::Dead(format!("diqid-start has stopped (nothing runs in {})", dir.path.display())),
+        _ => Poll::Pending,
+    }
 }
 
 pub enum Poll {
