@@ -36,9 +36,13 @@ pub const APPLETS: &[(&str, Entry)] = &[
 /// Names that reach an applet without being listed: the initramfs runs us as /init.
 const ALIASES: &[(&str, &str)] = &[("init", "diqid-init")];
 
+/// Applets of the VM's inside, never listed or installed (an outer `runc` must stay
+/// the outer one): diqid-init puts them where dockerd finds them.
+const GUEST_ONLY: &[(&str, Entry)] = &[("runc", applets::runc::main), (applets::runc::SETKEY, applets::runc::setkey)];
+
 pub fn lookup(name: &str) -> Option<(&'static str, Entry)> {
     let name = ALIASES.iter().find(|(a, _)| *a == name).map_or(name, |(_, n)| n);
-    APPLETS.iter().find(|(n, _)| *n == name).copied()
+    APPLETS.iter().chain(GUEST_ONLY).find(|(n, _)| *n == name).copied()
 }
 
 const USAGE: &str = "usage: diqid APPLET [ARGS...] | diqid --list | diqid --install DIR";
@@ -114,5 +118,7 @@ mod tests {
         assert_eq!(lookup("init").unwrap().0, "diqid-init");
         assert!(lookup("diqid").is_none());
         assert!(lookup("nope").is_none());
+        assert_eq!(lookup("runc").unwrap().0, "runc");
+        assert!(!APPLETS.iter().any(|(n, _)| *n == "runc"), "--install must not shadow the outer runc");
     }
 }

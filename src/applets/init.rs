@@ -3,6 +3,7 @@
 //! makes the guest-local parts, brings up the network and the volume, starts dockerd,
 //! reaps zombies, and powers off when the host asks over the control channel.
 
+use crate::applets::runc;
 use crate::control::{self, Guest, Host};
 use crate::error::{parse_args, Error};
 use crate::initramfs::MODULE_DIR;
@@ -431,10 +432,15 @@ fn volume() -> Result<(), String> {
 fn start_dockerd(rundir: &str) -> Result<(), String> {
     mkdir("/run/diqid")?;
     mkdir(GUEST_TMP)?;
+    // Our runc first: it spares every container start a re-execution of dockerd.
+    mkdir(runc::BIN_DIR)?;
+    let wrapper = format!("{}/runc", runc::BIN_DIR);
+    std::os::unix::fs::symlink(runc::SELF, &wrapper).map_err(|e| format!("{wrapper}: {e}"))?;
     let log = File::create(DOCKERD_LOG).map_err(|e| format!("{DOCKERD_LOG}: {e}"))?;
     let child = Command::new("dockerd")
         .args(dockerd::args(rundir))
         .env("HOME", "/root")
+        .env("PATH", format!("{}:{PATH}", runc::BIN_DIR))
         // The guest's /tmp is the outer one, over 9p, where unix sockets cannot be
         // made (runc's console socket for `docker run -t` is one).
         .env("TMPDIR", GUEST_TMP)

@@ -4,6 +4,7 @@
 pub mod console;
 pub mod docker;
 pub mod init;
+pub mod runc;
 pub mod start;
 pub mod volume;
 pub mod wait;
