@@ -10,10 +10,26 @@ pub const DAEMON_JSON: &str = "/etc/docker/daemon.json";
 /// The outer side's loopback, as QEMU's user network shows it to the guest.
 pub const OUTER_LOOPBACK: &str = "10.0.2.2";
 
+/// containerd's socket, where dockerd would have put the containerd it starts itself.
+pub const CONTAINERD_SOCKET: &str = "/var/run/docker/containerd/containerd.sock";
+
+/// containerd's configuration: dockerd's own paths for it, so that a volume made
+/// before stays good, and none of the plugins dockerd 20.10 does not use (the
+/// snapshotters that probe for their filesystems, Kubernetes' CRI).
+pub const CONTAINERD_CONFIG: &str = r#"version = 2
+root = "/var/lib/docker/containerd/daemon"
+state = "/var/run/docker/containerd/daemon"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]
+
+[grpc]
+  address = "/var/run/docker/containerd/containerd.sock"
+"#;
+
 /// dockerd's flags. `rundir` holds the server's TLS files (shared over 9p).
 pub fn args(rundir: &str) -> Vec<String> {
     let tls = format!("{rundir}/tls/server");
     vec![
+        format!("--containerd={CONTAINERD_SOCKET}"),
         "--host=unix:///run/docker.sock".into(),
         format!("--host=tcp://0.0.0.0:{GUEST_DOCKER_PORT}"),
         "--tlsverify".into(),
@@ -36,6 +52,7 @@ const OWNED: &[(&str, &str)] = &[
     ("tlskey", "DiQiD sets up TLS with its own certificates"),
     ("host-gateway-ip", "DiQiD points host-gateway at the outer side's loopback"),
     ("data-root", "the VM keeps docker's data on its volume, /var/lib/docker"),
+    ("containerd", "DiQiD starts containerd itself, before dockerd"),
 ];
 
 /// Checks daemon.json's text: valid JSON, an object, none of the settings DiQiD owns.
@@ -69,6 +86,8 @@ mod tests {
         assert!(a.contains(&"--tlscacert=/run/d/tls/server/ca.pem".to_string()));
         assert!(a.contains(&"--host=tcp://0.0.0.0:2376".to_string()));
         assert!(a.contains(&"--host-gateway-ip=10.0.2.2".to_string()));
+        let socket = format!("\"{}\"", CONTAINERD_SOCKET);
+        assert!(a.contains(&format!("--containerd={CONTAINERD_SOCKET}")) && CONTAINERD_CONFIG.contains(&socket), "dockerd dials where containerd listens");
     }
 
     #[test]

@@ -29,7 +29,6 @@ struct Args {}
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const VOLUME_DEVICE: &str = "/dev/vda";
 const DOCKER_ROOT: &str = "/var/lib/docker";
-const DOCKERD_LOG: &str = "/run/diqid/dockerd.log";
 /// Temporary files of dockerd and what it runs: in the VM, not in the outer /tmp.
 const GUEST_TMP: &str = "/run/diqid/tmp";
 /// The network QEMU's user-mode stack gives the guest.
@@ -38,9 +37,63 @@ const NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 0);
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 const DNS: &str = "10.0.2.3";
 
-/// dockerd's pid while it runs, and its exit status once it is gone.
-static DOCKERD_PID: AtomicI32 = AtomicI32::new(0);
-static DOCKERD_EXIT: AtomicI32 = AtomicI32::new(i32::MIN);
+/// A daemon PID 1 starts and watches: its pid while it runs, its exit status once it
+/// is gone (set by the reaper), and its log.
+struct Daemon {
+    name: &'static str,
+    log: &'static str,
+    pid: AtomicI32,
+    exit: AtomicI32,
+}
+
+static CONTAINERD: Daemon = Daemon::new("containerd", "/run/diqid/containerd.log");
+static DOCKERD: Daemon = Daemon::new("dockerd", "/run/diqid/dockerd.log");
+
+impl Daemon {
+    const fn new(name: &'static str, log: &'static str) -> Daemon {
+        Daemon { name, log, pid: AtomicI32::new(0), exit: AtomicI32::new(i32::MIN) }
+    }
+
+    /// Starts it with its output in its log; the reaper collects it.
+    fn spawn(&self, cmd: &mut Command) -> Result<(), String> {
+        let log = File::create(self.log).map_err(|e| format!("{}: {e}", self.log))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e} (is docker.io installed?)", self.name))?;
+        self.pid.store(child.id() as i32, Ordering::SeqCst);
+        std::mem::forget(child);
+        Ok(())
+    }
+
+    fn exited(&self) -> Option<i32> {
+        let s = self.exit.load(Ordering::SeqCst);
+        (s != i32::MIN).then_some(s)
+    }
+
+    /// Why it ended, for the host: its status and the last line it logged.
+    fn ended(&self, when: &str) -> String {
+        let last = fs::read_to_string(self.log).ok().and_then(|l| l.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string));
+        let why = last.map_or(String::new(), |l| format!(": {l}"));
+        format!("{} exited with status {}{when}{why}", self.name, self.exited().unwrap_or(-1))
+    }
+
+    /// The end of its log, onto the console, where the host shows it.
+    fn show_log(&self) {
+        let log = fs::read_to_string(self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        for l in &lines[lines.len().saturating_sub(10)..] {
+            eprintln!("{}: {l}", self.name);
+        }
+    }
+}
+
+/// The daemon of the two that has died, if one has.
+fn dead_daemon() -> Option<&'static Daemon> {
+    [&DOCKERD, &CONTAINERD].into_iter().find(|d| d.exited().is_some())
+}
 /// Set by the reaper when PID 1 has no children left.
 static NO_CHILDREN: AtomicBool = AtomicBool::new(false);
 
@@ -95,6 +148,7 @@ fn boot(channel: &mut Option<Channel>) -> Result<(), String> {
     phase(&c, "network");
     volume()?;
     phase(&c, "volume");
+    start_containerd()?;
     loader.join().map_err(|_| "the module loader panicked".to_string())??;
     phase(&c, "modules-late");
     start_dockerd(&rundir)?;
@@ -429,44 +483,42 @@ fn volume() -> Result<(), String> {
     mount(VOLUME_DEVICE, DOCKER_ROOT, "ext4", 0, "discard")
 }
 
-fn start_dockerd(rundir: &str) -> Result<(), String> {
+/// A daemon's command with the environment both daemons and what they run share.
+fn daemon_command(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env("HOME", "/root")
+        // Our runc first: it spares every container start a re-execution of dockerd.
+        .env("PATH", format!("{}:{PATH}", runc::BIN_DIR))
+        // The guest's /tmp is the outer one, over 9p, where unix sockets cannot be
+        // made (the shim's console socket for `docker run -t` is one).
+        .env("TMPDIR", GUEST_TMP);
+    cmd
+}
+
+/// containerd starts first, on its own: had dockerd started it, dockerd's first dial
+/// would time out while containerd starts and wait a second before the next.
+fn start_containerd() -> Result<(), String> {
     mkdir("/run/diqid")?;
     mkdir(GUEST_TMP)?;
-    // Our runc first: it spares every container start a re-execution of dockerd.
     mkdir(runc::BIN_DIR)?;
     let wrapper = format!("{}/runc", runc::BIN_DIR);
     std::os::unix::fs::symlink(runc::SELF, &wrapper).map_err(|e| format!("{wrapper}: {e}"))?;
-    let log = File::create(DOCKERD_LOG).map_err(|e| format!("{DOCKERD_LOG}: {e}"))?;
-    let child = Command::new("dockerd")
-        .args(dockerd::args(rundir))
-        .env("HOME", "/root")
-        .env("PATH", format!("{}:{PATH}", runc::BIN_DIR))
-        // The guest's /tmp is the outer one, over 9p, where unix sockets cannot be
-        // made (runc's console socket for `docker run -t` is one).
-        .env("TMPDIR", GUEST_TMP)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("cannot start dockerd: {e} (is docker.io installed?)"))?;
-    DOCKERD_PID.store(child.id() as i32, Ordering::SeqCst);
-    std::mem::forget(child); // the reaper collects it
-    Ok(())
+    let config = "/run/diqid/containerd.toml";
+    fs::write(config, dockerd::CONTAINERD_CONFIG).map_err(|e| format!("write {config}: {e}"))?;
+    CONTAINERD.spawn(daemon_command("containerd").args(["--config", config]))
 }
 
-fn dockerd_exited() -> Option<i32> {
-    let s = DOCKERD_EXIT.load(Ordering::SeqCst);
-    (s != i32::MIN).then_some(s)
+fn start_dockerd(rundir: &str) -> Result<(), String> {
+    DOCKERD.spawn(daemon_command("dockerd").args(dockerd::args(rundir)))
 }
 
 /// Answers when dockerd answers _ping on its socket, or says why it never will.
 fn wait_ready(c: &Channel) {
     loop {
-        if let Some(status) = dockerd_exited() {
-            show_dockerd_log();
-            let last = fs::read_to_string(DOCKERD_LOG).ok().and_then(|l| l.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string));
-            let why = last.map_or(String::new(), |l| format!(": {l}"));
-            send(c, &Guest::Fail(format!("dockerd exited with status {status} before it answered{why}")));
+        if let Some(dead) = dead_daemon() {
+            dead.show_log();
+            let when = if std::ptr::eq(dead, &DOCKERD) { " before it answered" } else { " before dockerd answered" };
+            send(c, &Guest::Fail(dead.ended(when)));
             return;
         }
         if ping() {
@@ -479,13 +531,16 @@ fn wait_ready(c: &Channel) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Afterwards, only a death of dockerd is news.
-    while dockerd_exited().is_none() {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // Afterwards, only a death of dockerd or containerd is news.
+    let dead = loop {
+        match dead_daemon() {
+            Some(d) => break d,
+            None => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
     if !SHUTTING_DOWN.load(Ordering::SeqCst) {
-        show_dockerd_log();
-        send(c, &Guest::Fail(format!("dockerd exited with status {}", dockerd_exited().unwrap_or(-1))));
+        dead.show_log();
+        send(c, &Guest::Fail(dead.ended("")));
     }
 }
 
@@ -527,7 +582,7 @@ fn watch_ports(c: &Channel) {
             *last = Some(now);
         }
     };
-    while dockerd_exited().is_none() && !SHUTTING_DOWN.load(Ordering::SeqCst) {
+    while DOCKERD.exited().is_none() && !SHUTTING_DOWN.load(Ordering::SeqCst) {
         let Some(mut events) = docker_get(EVENTS, Some(Duration::from_millis(400))) else {
             std::thread::sleep(Duration::from_secs(1));
             continue;
@@ -552,14 +607,6 @@ fn watch_ports(c: &Channel) {
     }
 }
 
-/// The end of dockerd's log, onto the console, where the host shows it.
-fn show_dockerd_log() {
-    let log = fs::read_to_string(DOCKERD_LOG).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    for l in &lines[lines.len().saturating_sub(10)..] {
-        eprintln!("dockerd: {l}");
-    }
-}
 
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
 
@@ -582,11 +629,11 @@ fn shutdown(c: &Channel, budget: Duration) {
     SHUTTING_DOWN.store(true, Ordering::SeqCst);
     let deadline = Instant::now() + budget;
     phase(c, "stopping");
-    let pid = DOCKERD_PID.load(Ordering::SeqCst);
-    if pid > 0 && dockerd_exited().is_none() {
+    let pid = DOCKERD.pid.load(Ordering::SeqCst);
+    if pid > 0 && DOCKERD.exited().is_none() {
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let dockerd_deadline = deadline.checked_sub(Duration::from_secs(2)).unwrap_or(deadline);
-        while dockerd_exited().is_none() && Instant::now() < dockerd_deadline {
+        while DOCKERD.exited().is_none() && Instant::now() < dockerd_deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -640,9 +687,11 @@ fn reap_forever() -> ! {
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
-        if pid == DOCKERD_PID.load(Ordering::SeqCst) {
-            let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
-            DOCKERD_EXIT.store(code, Ordering::SeqCst);
+        for daemon in [&DOCKERD, &CONTAINERD] {
+            if pid == daemon.pid.load(Ordering::SeqCst) {
+                let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+                daemon.exit.store(code, Ordering::SeqCst);
+            }
         }
         if pid == GETTY_PID.load(Ordering::SeqCst) && !SHUTTING_DOWN.load(Ordering::SeqCst) {
             // After a logout; the pause keeps a getty that fails at once from spinning.
