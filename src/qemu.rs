@@ -33,7 +33,13 @@ pub const NETDEV: &str = "net";
 impl Vm<'_> {
     /// The kernel command line; the guest's init reads its `diqid.*` entries.
     pub fn append(&self) -> String {
-        format!("console=ttyS0 quiet panic=-1 diqid.rundir={}", self.rundir.path.display())
+        // TCG finds a translation by guest address: with every process's binaries and
+        // libraries at new random addresses, each exec translated its code afresh and
+        // filled the translation cache every two `docker run`s. Without randomization
+        // (`norandmaps`), one `docker run` takes about a third less, and the start a
+        // tenth less. Under KVM nothing is translated, and randomization stays on.
+        let randmaps = if self.accel == Accel::Kvm { "" } else { " norandmaps" };
+        format!("console=ttyS0 quiet panic=-1{randmaps} diqid.rundir={}", self.rundir.path.display())
     }
 
     /// Arguments for qemu-system-x86_64. `accel` must be Kvm or Tcg by now.
@@ -158,7 +164,7 @@ mod tests {
         assert_eq!(after(&one.args(), "-accel"), ["tcg,thread=multi,tb-size=256"]);
         assert_eq!(after(&a, "-m"), ["1024M"]);
         assert_eq!(after(&a, "-smp"), ["2"]);
-        assert_eq!(after(&a, "-append"), ["console=ttyS0 quiet panic=-1 diqid.rundir=/run/d"]);
+        assert_eq!(after(&a, "-append"), ["console=ttyS0 quiet panic=-1 norandmaps diqid.rundir=/run/d"], "TCG reuses translations");
         assert!(after(&a, "-netdev")[0].contains("hostfwd=tcp:127.0.0.1:40001-:2376"));
         assert!(after(&a, "-drive")[0].starts_with("file=/v/vol.qcow2,"));
         assert!(after(&a, "-fsdev")[0].contains("path=/,"));
@@ -168,6 +174,7 @@ mod tests {
         assert!(after(&a, "-device").contains(&"virtserialport,chardev=control,name=diqid.control"));
         let k = vm(Accel::Kvm, &r).args();
         assert_eq!((after(&k, "-accel"), after(&k, "-cpu")), (vec!["kvm"], vec!["host"]));
+        assert_eq!(after(&k, "-append"), ["console=ttyS0 quiet panic=-1 diqid.rundir=/run/d"], "KVM keeps randomization");
     }
 
     #[test]
