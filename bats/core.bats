@@ -24,6 +24,25 @@ teardown_file() {
   [ "$status" != 0 ]
 }
 
+@test "containers join their network through DiQiD's hook, not a re-executed dockerd, and reach it" {
+  id=$(docker run -d "$IMAGE" sleep 60)
+  run docker run --rm --privileged --pid=host "$IMAGE" sh -c "pidof dockerd; nsenter -t 1 -m cat /run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby/$id/config.json"
+  docker rm -f "$id" >/dev/null
+  [ "$status" = 0 ]
+  dockerd_pid=${lines[0]}
+  [[ "$output" == *'"libnetwork-setkey","-exec-root=/var/run/docker","'$id'"'* ]]
+  [[ "$output" == *'"path":"/proc/1/exe"'* ]]
+  [[ "$output" != *"/proc/$dockerd_pid/exe"* ]]
+  run docker run --rm "$IMAGE" ping -c 1 -W 5 172.17.0.1
+  [ "$status" = 0 ]
+}
+
+@test "under TCG the guest maps programs without randomization (translations are reused)" {
+  run docker run --rm "$IMAGE" cat /proc/sys/kernel/randomize_va_space
+  [ "$status" = 0 ]
+  [ "$output" = 0 ]
+}
+
 @test "exit statuses pass through" {
   run docker run --rm "$IMAGE" sh -c 'exit 42'
   [ "$status" = 42 ]

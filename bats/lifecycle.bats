@@ -120,8 +120,13 @@ wait_served() {
 
 @test "a second SIGTERM during shutdown cuts it short, leaving nothing behind" {
   serve
-  kill -TERM "$SVC_PID"; sleep 0.2; kill -TERM "$SVC_PID"
+  "$ROOT/tools/busybox-image" "$IMAGE"
+  # As its container's PID 1, sleep ignores SIGTERM: dockerd's stop waits ten seconds.
+  docker run -d "$IMAGE" sleep 1000
+  kill -TERM "$SVC_PID"; sleep 1; kill -TERM "$SVC_PID"
+  start=$(date +%s)
   wait_served
+  [ $(( $(date +%s) - start )) -lt 5 ]
   grep -q "signal during shutdown; stopping QEMU now" "$WORK/serve.log" || { cat "$WORK/serve.log"; false; }
   no_qemu_left "$DIQID_RUNDIR"
 }
@@ -146,6 +151,18 @@ wait_served() {
   [ "$status" = 1 ]
   [[ "$output" == *"dockerd exited with status 1 before it answered: failed to start daemon: error initializing graphdriver: driver not supported; the console's last lines:"* ]]
   [[ "$output" == *"dockerd: time="* ]]
+  no_qemu_left "$DIQID_RUNDIR"
+}
+
+@test "containerd killed under a serving VM: diqid-start says so, stops the VM, exits 1" {
+  serve
+  "$ROOT/tools/busybox-image" "$IMAGE"
+  docker run -d --privileged --pid=host "$IMAGE" sh -c 'sleep 1; kill -9 $(pidof containerd)'
+  status=0; timeout 30 sh -c "while kill -0 $SVC_PID 2>/dev/null; do sleep 0.1; done" || status=$?
+  [ "$status" = 0 ]
+  wait_served
+  [ "$status" = 1 ]
+  grep -q "containerd exited with status 137" "$WORK/serve.log"
   no_qemu_left "$DIQID_RUNDIR"
 }
 

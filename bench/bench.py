@@ -162,7 +162,7 @@ def report(fig, outer, phases, mb, args):
         "| figure | target | DiQiD | reference | ratio |",
         "|---|---|---|---|---|",
     ] + [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
-    order = ["qemu-tcg", "qemu-kvm", "modules", "root", "mounts", "network", "volume", "modules-late", "dockerd-started", "ready"]
+    order = ["qemu-tcg", "qemu-kvm", "modules", "root", "mounts", "network", "volume", "containerd-started", "modules-late", "dockerd-started", "containerd", "ready"]
     ph = [(n, statistics.median(phases[n])) for n in order if n in phases]
     lines += ["", "Boot phases (outer clock, seconds since diqid-start began, median):", "",
               "| " + " | ".join(n for n, _ in ph) + " |", "|" + "---|" * len(ph), "| " + " | ".join(f"{t:.2f}" for _, t in ph) + " |"]

@@ -149,6 +149,7 @@ fn boot(channel: &mut Option<Channel>) -> Result<(), String> {
     volume()?;
     phase(&c, "volume");
     start_containerd()?;
+    phase(&c, "containerd-started");
     loader.join().map_err(|_| "the module loader panicked".to_string())??;
     phase(&c, "modules-late");
     start_dockerd(&rundir)?;
@@ -514,12 +515,17 @@ fn start_dockerd(rundir: &str) -> Result<(), String> {
 
 /// Answers when dockerd answers _ping on its socket, or says why it never will.
 fn wait_ready(c: &Channel) {
+    let mut containerd_up = false;
     loop {
         if let Some(dead) = dead_daemon() {
             dead.show_log();
             let when = if std::ptr::eq(dead, &DOCKERD) { " before it answered" } else { " before dockerd answered" };
             send(c, &Guest::Fail(dead.ended(when)));
             return;
+        }
+        if !containerd_up && std::os::unix::net::UnixStream::connect(dockerd::CONTAINERD_SOCKET).is_ok() {
+            phase(c, "containerd");
+            containerd_up = true;
         }
         if ping() {
             phase(c, "ready");

@@ -468,8 +468,13 @@ impl Instance {
         let status = child.wait();
         CMD_PID.store(0, Ordering::SeqCst);
         let status = status.ctx(|| "waiting for the command".into())?;
-        if let Some(why) = self.vm.as_mut().and_then(|vm| vm.gone(&self.dir)) {
-            eprintln!("{name}: the VM went away while the command ran: {}", with_console(&self.dir, &why));
+        if let Some(vm) = self.vm.as_mut() {
+            vm.pump();
+            if let Some(why) = vm.gone(&self.dir) {
+                eprintln!("{name}: the VM went away while the command ran: {}", with_console(&self.dir, &why));
+            } else if let Some(why) = vm.failed.clone() {
+                eprintln!("{name}: the VM failed while the command ran: {}", with_console(&self.dir, &why));
+            }
         }
         Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
     }
@@ -484,6 +489,11 @@ impl Instance {
                 return Ok(0);
             }
             if let Some(why) = vm.gone(&self.dir) {
+                return fail(with_console(&self.dir, &why));
+            }
+            // dockerd or containerd died: the VM would serve nothing.
+            vm.pump();
+            if let Some(why) = vm.failed.clone() {
                 return fail(with_console(&self.dir, &why));
             }
             if !self.dir.file("lock").exists() {
