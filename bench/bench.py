@@ -58,7 +58,7 @@ def stat(xs):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seed-runs", type=int, default=2)
     args = ap.parse_args()
     bench_dir = tempfile.mkdtemp(prefix="diqid-bench-data.", dir="/tmp")
@@ -72,7 +72,7 @@ printf 'ready=%s\\n' "$(now)"
 sed 's/^/phase /' "$DIQID_RUNDIR/phases"
 '{ROOT}/tools/busybox-image' {IMAGE}
 docker run --rm {IMAGE} true
-for i in 1 2 3 4 5; do s=$(now); docker run --rm {IMAGE} true; printf 'run=%s\\n' "$(echo "$(now) - $s" | bc)"; done
+for i in 1 2 3 4 5 6 7 8 9 10; do s=$(now); docker run --rm {IMAGE} true; printf 'run=%s\\n' "$(echo "$(now) - $s" | bc)"; done
 sleep 10
 printf 'rss=%s\\n' "$(awk '/VmRSS/{{print $2/1024}}' /proc/$(cat "$DIQID_RUNDIR/qemu.pid")/status)"
 for i in 1 2; do
