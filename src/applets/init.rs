@@ -94,6 +94,7 @@ impl Daemon {
 fn dead_daemon() -> Option<&'static Daemon> {
     [&DOCKERD, &CONTAINERD].into_iter().find(|d| d.exited().is_some())
 }
+
 /// Set by the reaper when PID 1 has no children left.
 static NO_CHILDREN: AtomicBool = AtomicBool::new(false);
 
@@ -612,7 +613,6 @@ fn watch_ports(c: &Channel) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
-
 
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
 

@@ -51,7 +51,6 @@ fn bundle(args: &[String]) -> Option<PathBuf> {
     if command != "create" && command != "run" {
         return None;
     }
-    let mut rest = rest.peekable();
     while let Some(a) = rest.next() {
         if a == "--bundle" || a == "-b" {
             return rest.next().map(PathBuf::from);
