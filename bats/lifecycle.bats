@@ -28,16 +28,21 @@ wait_served() {
   SVC_PID=
 }
 
+# Fails unless that diqid-start ends within SECS seconds and, when STATUS is given,
+# with that exit status. Usage: ends_within SECS [STATUS]
+ends_within() {
+  timeout "$1" sh -c "while kill -0 $SVC_PID 2>/dev/null; do sleep 0.1; done" || { echo "diqid-start still runs after $1 s" >&2; return 1; }
+  wait_served
+  [ -z "${2:-}" ] || [ "$status" = "$2" ] || { echo "diqid-start exited $status, not $2" >&2; return 1; }
+}
+
 @test "service mode serves the shim until SIGTERM, then stops cleanly and fast" {
   serve
   "$ROOT/tools/busybox-image" "$IMAGE"
   run docker run --rm "$IMAGE" echo served
   [ "$output" = served ]
-  start=$(date +%s)
   kill -TERM "$SVC_PID"
-  wait_served
-  [ "$status" = 0 ]
-  [ $(( $(date +%s) - start )) -lt 10 ]
+  ends_within 10 0
   grep -q "serving" "$WORK/serve.log"
   ! grep -q "did not power off" "$WORK/serve.log"
   no_qemu_left "$DIQID_RUNDIR"
@@ -60,10 +65,7 @@ wait_served() {
 @test "QEMU killed: diqid-start notices at once, says why, exits 1, leaves nothing" {
   serve
   kill -9 "$(cat "$DIQID_RUNDIR/qemu.pid")"
-  start=$(date +%s)
-  wait_served
-  [ "$status" = 1 ]
-  [ $(( $(date +%s) - start )) -lt 5 ]
+  ends_within 5 1
   grep -q "QEMU exited" "$WORK/serve.log"
   no_qemu_left "$DIQID_RUNDIR"
   run docker ps
@@ -124,9 +126,7 @@ wait_served() {
   # As its container's PID 1, sleep ignores SIGTERM: dockerd's stop waits ten seconds.
   docker run -d "$IMAGE" sleep 1000
   kill -TERM "$SVC_PID"; sleep 1; kill -TERM "$SVC_PID"
-  start=$(date +%s)
-  wait_served
-  [ $(( $(date +%s) - start )) -lt 5 ]
+  ends_within 5
   grep -q "signal during shutdown; stopping QEMU now" "$WORK/serve.log" || { cat "$WORK/serve.log"; false; }
   no_qemu_left "$DIQID_RUNDIR"
 }
@@ -135,10 +135,7 @@ wait_served() {
   serve
   "$ROOT/tools/busybox-image" "$IMAGE"
   timeout 60 docker run --rm --privileged "$IMAGE" sh -c 'echo c > /proc/sysrq-trigger' || true
-  status=0; timeout 30 sh -c "while kill -0 $SVC_PID 2>/dev/null; do sleep 0.1; done" || status=$?
-  [ "$status" = 0 ]
-  wait_served
-  [ "$status" = 1 ]
+  ends_within 30 1
   grep -q "QEMU exited" "$WORK/serve.log"
   grep -q "the guest kernel panicked: Kernel panic - not syncing: sysrq triggered crash" "$WORK/serve.log"
   no_qemu_left "$DIQID_RUNDIR"
@@ -158,10 +155,7 @@ wait_served() {
   serve
   "$ROOT/tools/busybox-image" "$IMAGE"
   docker run -d --privileged --pid=host "$IMAGE" sh -c 'sleep 1; kill -9 $(pidof containerd)'
-  status=0; timeout 30 sh -c "while kill -0 $SVC_PID 2>/dev/null; do sleep 0.1; done" || status=$?
-  [ "$status" = 0 ]
-  wait_served
-  [ "$status" = 1 ]
+  ends_within 30 1
   grep -q "containerd exited with status 137" "$WORK/serve.log"
   no_qemu_left "$DIQID_RUNDIR"
 }
@@ -196,10 +190,7 @@ wait_served() {
 @test "the runtime directory removed under a serving VM: it stops, says why, exits 1" {
   serve
   rm -rf "$DIQID_RUNDIR"
-  start=$(date +%s)
-  wait_served
-  [ "$status" = 1 ]
-  [ $(( $(date +%s) - start )) -lt 10 ]
+  ends_within 10 1
   grep -q "the runtime directory $DIQID_RUNDIR vanished; stopping the VM" "$WORK/serve.log"
   no_qemu_left "$DIQID_RUNDIR"
 }
@@ -210,12 +201,8 @@ wait_served() {
   for _ in $(seq 1 300); do grep -q "Waiting for QEMU\.* \[OK\]" "$WORK/boot.log" && break; sleep 0.1; done
   sleep 1
   [ "$(cat "$DIQID_RUNDIR/state")" = booting ]
-  start=$(date +%s)
   kill -TERM "$SVC_PID"
-  wait_served
-  cat "$WORK/boot.log"
-  [ "$status" = 143 ]
-  [ $(( $(date +%s) - start )) -lt 9 ]
+  ends_within 9 143 || { cat "$WORK/boot.log"; false; }
   grep -q "signal 15 while the VM booted; stopping it" "$WORK/boot.log"
   no_qemu_left "$DIQID_RUNDIR"
 }

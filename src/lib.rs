@@ -88,6 +88,17 @@ pub fn report(name: &str, result: Result<i32, Error>) -> i32 {
     }
 }
 
+/// The first `name` on `path` that is not this binary: the real program that an applet
+/// stands in for (`docker`, and `runc` in the VM). Compared by inode, because in the VM
+/// this binary is the initramfs's, deleted, and has no path to compare.
+pub fn next_on_path(name: &str, path: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata("/proc/self/exe").ok().map(|m| (m.dev(), m.ino()));
+    std::env::split_paths(path)
+        .map(|d| d.join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && Some((m.dev(), m.ino())) != me))
+}
+
 /// `diqid --install DIR`: one symlink per applet, pointing at this binary.
 fn install(dir: Option<&str>) -> Result<i32, Error> {
     let dir = dir.ok_or_else(|| Error::Usage("--install needs a directory, e.g. `diqid --install /usr/local/bin`".into()))?;

@@ -52,12 +52,7 @@ pub fn parse_env(text: &str) -> Vec<(String, String)> {
 
 /// The next `docker` on PATH that is not this binary.
 fn real_docker() -> Option<PathBuf> {
-    let me = std::fs::canonicalize("/proc/self/exe").ok()?;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("docker"))
-        .filter(|p| p.is_file())
-        .find(|p| std::fs::canonicalize(p).ok().is_some_and(|c| c != me))
+    crate::next_on_path("docker", &std::env::var_os("PATH")?)
 }
 
 #[cfg(test)]

@@ -94,10 +94,7 @@ fn rewrite_hooks(spec: &mut serde_json::Value) -> bool {
 
 /// The first `runc` in PATH that is not this wrapper.
 fn real_runc(path: &str) -> Option<PathBuf> {
-    path.split(':')
-        .filter(|dir| !dir.is_empty() && Path::new(dir) != Path::new(BIN_DIR))
-        .map(|dir| Path::new(dir).join("runc"))
-        .find(|p| p.is_file())
+    crate::next_on_path("runc", std::ffi::OsStr::new(path))
 }
 
 /// `libnetwork-setkey [-exec-root=DIR] CONTAINER-ID CONTROLLER-ID`, with the OCI state

@@ -193,6 +193,13 @@ impl Running {
         }
     }
 
+    /// Why the VM can no longer serve, once that is so: QEMU is gone, or the guest
+    /// said `fail` (dockerd or containerd died, ...).
+    fn fault(&mut self, dir: &RunDir) -> Option<String> {
+        self.pump();
+        self.gone(dir).or_else(|| self.failed.clone())
+    }
+
     /// Why QEMU is gone, once it is.
     fn gone(&mut self, dir: &RunDir) -> Option<String> {
         if self.exit.is_none() {
@@ -269,11 +276,10 @@ impl Instance {
         let dir = &self.dir;
         let vm = self.vm.as_mut().expect("spawned");
         wait_for(dir, "dockerd", self.cfg.docker_timeout_start, || {
-            vm.pump();
             if let Some(s) = interrupted() {
                 return Poll::Dead(format!("interrupted by signal {s}"));
             }
-            if let Some(why) = vm.gone(dir).or_else(|| vm.failed.clone()) {
+            if let Some(why) = vm.fault(dir) {
                 return Poll::Dead(why);
             }
             if vm.ready {
@@ -468,13 +474,8 @@ impl Instance {
         let status = child.wait();
         CMD_PID.store(0, Ordering::SeqCst);
         let status = status.ctx(|| "waiting for the command".into())?;
-        if let Some(vm) = self.vm.as_mut() {
-            vm.pump();
-            if let Some(why) = vm.gone(&self.dir) {
-                eprintln!("{name}: the VM went away while the command ran: {}", with_console(&self.dir, &why));
-            } else if let Some(why) = vm.failed.clone() {
-                eprintln!("{name}: the VM failed while the command ran: {}", with_console(&self.dir, &why));
-            }
+        if let Some(why) = self.vm.as_mut().and_then(|vm| vm.fault(&self.dir)) {
+            eprintln!("{name}: the VM failed while the command ran: {}", with_console(&self.dir, &why));
         }
         Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
     }
@@ -488,12 +489,7 @@ impl Instance {
                 eprintln!("{name}: signal {sig}, stopping");
                 return Ok(0);
             }
-            if let Some(why) = vm.gone(&self.dir) {
-                return fail(with_console(&self.dir, &why));
-            }
-            // dockerd or containerd died: the VM would serve nothing.
-            vm.pump();
-            if let Some(why) = vm.failed.clone() {
+            if let Some(why) = vm.fault(&self.dir) {
                 return fail(with_console(&self.dir, &why));
             }
             if !self.dir.file("lock").exists() {
