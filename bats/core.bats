@@ -37,6 +37,19 @@ teardown_file() {
   [ "$status" = 0 ]
 }
 
+@test "crun, behind DiQiD's wrapper, is the default runtime; runc stays at hand" {
+  [ "$(docker info --format '{{.DefaultRuntime}}')" = crun ]
+  run docker run --rm --runtime runc "$IMAGE" ping -c 1 -W 5 172.17.0.1
+  [ "$status" = 0 ]
+}
+
+@test "dockerd's rules are in iptables' legacy tables" {
+  # (That containers reach out through them: local.bats, host.docker.internal.)
+  run docker run --rm --privileged --pid=host "$IMAGE" nsenter -t 1 -m -n /usr/sbin/iptables-legacy -t nat -S POSTROUTING
+  [ "$status" = 0 ]
+  [[ "$output" == *"-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"* ]]
+}
+
 @test "under TCG the guest maps programs without randomization (translations are reused)" {
   run docker run --rm "$IMAGE" cat /proc/sys/kernel/randomize_va_space
   [ "$status" = 0 ]

@@ -39,7 +39,7 @@ setup_file() {
   mkdir -p "$WORK/etc-docker" "$WORK/registry" "$WORK/home"
   chown $USER_ID:$USER_ID "$WORK" "$WORK/home"
   cat >"$WORK/etc-docker/daemon.json" <<EOF
-{"insecure-registries": ["host.docker.internal:$REGISTRY_PORT"], "labels": ["diqid-test=local"], "log-opts": {"max-size": "1m"}}
+{"insecure-registries": ["host.docker.internal:$REGISTRY_PORT"], "labels": ["diqid-test=local"], "log-opts": {"max-size": "1m"}, "default-runtime": "runc"}
 EOF
   cat >"$WORK/registry.yml" <<EOF
 version: 0.1
@@ -179,6 +179,8 @@ for _ in range(40):
 
 @test "the outer daemon.json configures the inner dockerd; push to a registry, remove, pull back" {
   [ "$(docker info --format '{{.Labels}}')" = "[diqid-test=local]" ]
+  # A daemon.json that chooses the runtime keeps its choice over DiQiD's crun.
+  [ "$(docker info --format '{{.DefaultRuntime}}')" = runc ]
   reg="host.docker.internal:$REGISTRY_PORT"
   docker tag "$IMAGE" "$reg/diqid/pushed"
   docker push "$reg/diqid/pushed"

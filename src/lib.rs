@@ -38,7 +38,8 @@ const ALIASES: &[(&str, &str)] = &[("init", "diqid-init")];
 
 /// Applets of the VM's inside, never listed or installed (an outer `runc` must stay
 /// the outer one): diqid-init puts them where dockerd finds them.
-const GUEST_ONLY: &[(&str, Entry)] = &[("runc", applets::runc::main), (applets::runc::SETKEY, applets::runc::setkey)];
+const GUEST_ONLY: &[(&str, Entry)] =
+    &[("runc", applets::runc::main), ("crun", applets::runc::main), (applets::runc::SETKEY, applets::runc::setkey)];
 
 pub fn lookup(name: &str) -> Option<(&'static str, Entry)> {
     let name = ALIASES.iter().find(|(a, _)| *a == name).map_or(name, |(_, n)| n);
@@ -89,7 +90,7 @@ pub fn report(name: &str, result: Result<i32, Error>) -> i32 {
 }
 
 /// The first `name` on `path` that is not this binary: the real program that an applet
-/// stands in for (`docker`, and `runc` in the VM). Compared by inode, because in the VM
+/// stands in for (`docker`, and `runc` and `crun` in the VM). Compared by inode, because in the VM
 /// this binary is the initramfs's, deleted, and has no path to compare.
 pub fn next_on_path(name: &str, path: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt;

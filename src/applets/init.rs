@@ -489,7 +489,8 @@ fn volume() -> Result<(), String> {
 fn daemon_command(program: &str) -> Command {
     let mut cmd = Command::new(program);
     cmd.env("HOME", "/root")
-        // Our runc first: it spares every container start a re-execution of dockerd.
+        // Our runc and crun first: they spare every container start a re-execution of
+        // dockerd. And the iptables dockerd is to use.
         .env("PATH", format!("{}:{PATH}", runc::BIN_DIR))
         // The guest's /tmp is the outer one, over 9p, where unix sockets cannot be
         // made (the shim's console socket for `docker run -t` is one).
@@ -503,15 +504,29 @@ fn start_containerd() -> Result<(), String> {
     mkdir("/run/diqid")?;
     mkdir(GUEST_TMP)?;
     mkdir(runc::BIN_DIR)?;
-    let wrapper = format!("{}/runc", runc::BIN_DIR);
-    std::os::unix::fs::symlink(runc::SELF, &wrapper).map_err(|e| format!("{wrapper}: {e}"))?;
+    for name in ["runc", "crun"] {
+        let wrapper = format!("{}/{name}", runc::BIN_DIR);
+        std::os::unix::fs::symlink(runc::SELF, &wrapper).map_err(|e| format!("{wrapper}: {e}"))?;
+    }
+    // dockerd's iptables: the legacy backend where it is installed. Each of dockerd's
+    // ~70 calls at its start then reads one small table, not the whole nft ruleset.
+    for (name, legacy) in [("iptables", "/usr/sbin/iptables-legacy"), ("ip6tables", "/usr/sbin/ip6tables-legacy")] {
+        if Path::new(legacy).exists() {
+            let link = format!("{}/{name}", runc::BIN_DIR);
+            std::os::unix::fs::symlink(legacy, &link).map_err(|e| format!("{link}: {e}"))?;
+        }
+    }
     let config = "/run/diqid/containerd.toml";
     fs::write(config, dockerd::CONTAINERD_CONFIG).map_err(|e| format!("write {config}: {e}"))?;
     CONTAINERD.spawn(daemon_command("containerd").args(["--config", config]))
 }
 
 fn start_dockerd(rundir: &str) -> Result<(), String> {
-    DOCKERD.spawn(daemon_command("dockerd").args(dockerd::args(rundir)))
+    // Read earlier by diqid-start, which refused a file that does not parse.
+    let daemon_json = fs::read_to_string(dockerd::DAEMON_JSON).ok();
+    let crun = runc::real_runtime("crun", PATH).is_some();
+    let runtimes = dockerd::runtime_args(daemon_json.as_deref(), crun);
+    DOCKERD.spawn(daemon_command("dockerd").args(dockerd::args(rundir)).args(runtimes))
 }
 
 /// Answers when dockerd answers _ping on its socket, or says why it never will.
@@ -577,6 +592,8 @@ fn ping() -> bool {
 /// Tells the host, whenever it changes, which ports dockerd publishes: the container
 /// list is read again at every container event that dockerd reports, and twice more
 /// within a second after it, since a `die` can be reported before the list shows it.
+/// While nothing is published, only a `start` can change that: the other events are
+/// let by, sparing a plain `docker run` four of the five readings (CPU under TCG).
 fn watch_ports(c: &Channel) {
     const EVENTS: &str = "/events?filters=%7B%22type%22%3A%5B%22container%22%5D%2C%22event%22%3A%5B%22start%22%2C%22die%22%2C%22stop%22%2C%22destroy%22%5D%7D";
     let mut last = None;
@@ -601,6 +618,7 @@ fn watch_ports(c: &Channel) {
         loop {
             match events.read(&mut buf) {
                 Ok(0) => break,
+                Ok(n) if !starts(&buf[..n]) && last.as_ref().is_some_and(|l| l.is_empty()) => continue,
                 Ok(_) => again = 2,
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => match again {
                     0 => continue,
@@ -612,6 +630,12 @@ fn watch_ports(c: &Channel) {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Whether a read from dockerd's event stream holds a `start` (or the start of one,
+/// cut by the read: then it is better read as one).
+fn starts(events: &[u8]) -> bool {
+    !events.ends_with(b"\n") || events.windows(16).any(|w| w == br#""Action":"start""#)
 }
 
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
@@ -727,6 +751,15 @@ mod tests {
         let s = locked_shadow("root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/sh\n");
         assert_eq!(s, "root:*:1:0:99999:7:::\nuser:*:1:0:99999:7:::\n");
         assert_eq!(root_without_password(s.lines().next().unwrap()), "root::1:0:99999:7:::");
+    }
+
+    #[test]
+    fn only_a_start_can_publish_a_port() {
+        let start = br#"{"status":"start","id":"4f2","from":"b","Type":"container","Action":"start","Actor":{"ID":"4f2"}}"#;
+        assert!(starts(&[&start[..], b"\n"].concat()));
+        let die = br#"{"status":"die","id":"4f2","Type":"container","Action":"die","Actor":{"ID":"4f2","Attributes":{"exitCode":"0"}}}"#;
+        assert!(!starts(&[&die[..], b"\n"].concat()));
+        assert!(starts(&die[..40]), "a cut read may be a start");
     }
 
     #[test]

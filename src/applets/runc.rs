@@ -1,5 +1,5 @@
-//! The guest's `runc` and the network hook it puts in place; both run only inside the
-//! VM, where diqid-init puts `runc` first in dockerd's PATH.
+//! The guest's `runc` and `crun` and the network hook they put in place; all run only
+//! inside the VM, where diqid-init puts them first in dockerd's PATH.
 //!
 //! dockerd joins a container to its network with an OCI prestart hook that re-executes
 //! dockerd itself (`/proc/PID/exe libnetwork-setkey ...`). Starting that 90 MB Go
@@ -15,29 +15,31 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Where diqid-init links `runc` to this binary; first in dockerd's PATH.
+/// Where diqid-init links `runc` and `crun` to this binary; first in dockerd's PATH.
 pub const BIN_DIR: &str = "/run/diqid/bin";
 /// This binary as every guest process can run it: PID 1's (the init's) executable.
 pub const SELF: &str = "/proc/1/exe";
 pub const SETKEY: &str = "libnetwork-setkey";
 
-/// `runc ARGS...`: the hook rewritten for `create` and `run`, then the real runc.
-pub fn main(_name: &str, args: &[String]) -> Result<i32, Error> {
+/// `runc ARGS...` or `crun ARGS...`: the hook rewritten for `create` and `run`, then the
+/// real program of that name.
+pub fn main(name: &str, args: &[String]) -> Result<i32, Error> {
     if let Some(bundle) = bundle(args) {
         // Best effort: if this fails, dockerd's own hook stays and still works.
         let _ = use_fast_setkey(&bundle.join("config.json"));
     }
     let path = std::env::var("PATH").unwrap_or_default();
-    let real = real_runc(&path).ok_or_else(|| Error::Fail(format!("no runc in PATH ({path}) besides {BIN_DIR}/runc")))?;
-    let err = Command::new(&real).arg0("runc").args(args).exec();
+    let real = real_runtime(name, &path).ok_or_else(|| Error::Fail(format!("no {name} in PATH ({path}) besides {BIN_DIR}/{name}")))?;
+    let err = Command::new(&real).arg0(name).args(args).exec();
     Err(Error::Fail(format!("cannot run {}: {err}", real.display())))
 }
 
-/// runc's global options that take a value (`--root DIR`), as opposed to switches.
-const VALUE_OPTIONS: &[&str] = &["--root", "--log", "--log-format", "--criu", "--rootless"];
+/// runc's and crun's global options that take a value (`--root DIR`), as opposed to
+/// switches.
+const VALUE_OPTIONS: &[&str] = &["--root", "--log", "--log-format", "--log-level", "--criu", "--rootless", "--cgroup-manager"];
 
 /// The bundle of a `create` or `run` command line: `--bundle DIR`, `-b DIR`, or the
-/// working directory, as runc itself reads it. None for every other command.
+/// working directory, as runc and crun read it. None for every other command.
 fn bundle(args: &[String]) -> Option<PathBuf> {
     let mut rest = args.iter();
     let command = loop {
@@ -92,9 +94,9 @@ fn rewrite_hooks(spec: &mut serde_json::Value) -> bool {
     changed
 }
 
-/// The first `runc` in PATH that is not this wrapper.
-fn real_runc(path: &str) -> Option<PathBuf> {
-    crate::next_on_path("runc", std::ffi::OsStr::new(path))
+/// The first `name` (runc, crun) in PATH that is not this wrapper.
+pub fn real_runtime(name: &str, path: &str) -> Option<PathBuf> {
+    crate::next_on_path(name, std::ffi::OsStr::new(path))
 }
 
 /// `libnetwork-setkey [-exec-root=DIR] CONTAINER-ID CONTROLLER-ID`, with the OCI state
@@ -196,8 +198,9 @@ mod tests {
         let real = dir.path().join("runc");
         std::fs::write(&real, "").unwrap();
         let path = format!("{BIN_DIR}::{}:/nonexistent", dir.path().display());
-        assert_eq!(real_runc(&path), Some(real));
-        assert_eq!(real_runc(BIN_DIR), None);
+        assert_eq!(real_runtime("runc", &path), Some(real));
+        assert_eq!(real_runtime("runc", BIN_DIR), None);
+        assert_eq!(real_runtime("crun", &path), None);
     }
 
     /// dockerd's side of the protocol, as libnetwork implements it: one read, one answer.
