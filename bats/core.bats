@@ -43,6 +43,18 @@ teardown_file() {
   [ "$status" = 0 ]
 }
 
+@test "a container whose shim dies is reported exited and its processes are gone (DiQiD's shim clean-up)" {
+  id=$(docker run -d "$IMAGE" sleep 61)
+  docker run --rm --privileged --pid=host "$IMAGE" nsenter -t 1 -m /bin/sh -c "pkill -9 -f '[c]ontainerd-shim-runc-v2 -namespace moby -id $id'"
+  run timeout 20 docker wait "$id"
+  [ "$status" = 0 ]
+  [ "$output" = 137 ]
+  run docker run --rm --pid=host "$IMAGE" sh -c 'ps -o args | grep "[s]leep 61"'
+  docker rm "$id" >/dev/null
+  [ "$status" = 1 ]
+  [ "$output" = "" ]
+}
+
 @test "dockerd's rules are in iptables' legacy tables" {
   # (That containers reach out through them: local.bats, host.docker.internal.)
   run docker run --rm --privileged --pid=host "$IMAGE" nsenter -t 1 -m -n /usr/sbin/iptables-legacy -t nat -S POSTROUTING

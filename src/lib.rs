@@ -39,7 +39,7 @@ const ALIASES: &[(&str, &str)] = &[("init", "diqid-init")];
 /// Applets of the VM's inside, never listed or installed (an outer `runc` must stay
 /// the outer one): diqid-init puts them where dockerd finds them.
 const GUEST_ONLY: &[(&str, Entry)] =
-    &[("runc", applets::runc::main), ("crun", applets::runc::main), (applets::runc::SETKEY, applets::runc::setkey)];
+    &[("runc", applets::runc::main), ("crun", applets::runc::main), (applets::runc::SETKEY, applets::runc::setkey), (applets::shim::NAME, applets::shim::main)];
 
 pub fn lookup(name: &str) -> Option<(&'static str, Entry)> {
     let name = ALIASES.iter().find(|(a, _)| *a == name).map_or(name, |(_, n)| n);

@@ -490,7 +490,7 @@ fn daemon_command(program: &str) -> Command {
     let mut cmd = Command::new(program);
     cmd.env("HOME", "/root")
         // Our runc and crun first: they spare every container start a re-execution of
-        // dockerd. And the iptables dockerd is to use.
+        // dockerd; our shim, the clean-up after it. And the iptables dockerd is to use.
         .env("PATH", format!("{}:{PATH}", runc::BIN_DIR))
         // The guest's /tmp is the outer one, over 9p, where unix sockets cannot be
         // made (the shim's console socket for `docker run -t` is one).
@@ -504,7 +504,7 @@ fn start_containerd() -> Result<(), String> {
     mkdir("/run/diqid")?;
     mkdir(GUEST_TMP)?;
     mkdir(runc::BIN_DIR)?;
-    for name in ["runc", "crun"] {
+    for name in ["runc", "crun", crate::applets::shim::NAME] {
         let wrapper = format!("{}/{name}", runc::BIN_DIR);
         std::os::unix::fs::symlink(runc::SELF, &wrapper).map_err(|e| format!("{wrapper}: {e}"))?;
     }

@@ -5,6 +5,7 @@ pub mod console;
 pub mod docker;
 pub mod init;
 pub mod runc;
+pub mod shim;
 pub mod start;
 pub mod volume;
 pub mod wait;
