@@ -28,10 +28,18 @@ pub fn main(name: &str, args: &[String]) -> Result<i32, Error> {
         // Best effort: if this fails, dockerd's own hook stays and still works.
         let _ = use_fast_setkey(&bundle.join("config.json"));
     }
+    Err(exec_real(name, args))
+}
+
+/// Runs the real `name` (the next on PATH past the wrappers) with `args` in this
+/// process; returns only why it could not.
+pub fn exec_real(name: &str, args: &[String]) -> Error {
     let path = std::env::var("PATH").unwrap_or_default();
-    let real = real_runtime(name, &path).ok_or_else(|| Error::Fail(format!("no {name} in PATH ({path}) besides {BIN_DIR}/{name}")))?;
+    let Some(real) = real_runtime(name, &path) else {
+        return Error::Fail(format!("no {name} in PATH ({path}) besides {BIN_DIR}/{name}"));
+    };
     let err = Command::new(&real).arg0(name).args(args).exec();
-    Err(Error::Fail(format!("cannot run {}: {err}", real.display())))
+    Error::Fail(format!("cannot run {}: {err}", real.display()))
 }
 
 /// runc's and crun's global options that take a value (`--root DIR`), as opposed to
@@ -94,7 +102,7 @@ fn rewrite_hooks(spec: &mut serde_json::Value) -> bool {
     changed
 }
 
-/// The first `name` (runc, crun) in PATH that is not this wrapper.
+/// The first `name` (runc, crun, the shim) in PATH that is not this wrapper.
 pub fn real_runtime(name: &str, path: &str) -> Option<PathBuf> {
     crate::next_on_path(name, std::ffi::OsStr::new(path))
 }

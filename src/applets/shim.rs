@@ -9,7 +9,6 @@
 //! shim's answer on stdout. Every other command goes to the real shim unchanged.
 
 use crate::error::Error;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -23,11 +22,7 @@ pub fn main(_name: &str, args: &[String]) -> Result<i32, Error> {
             return d.run().map(|()| 0);
         }
     }
-    let path = std::env::var("PATH").unwrap_or_default();
-    let real = crate::next_on_path(NAME, std::ffi::OsStr::new(&path))
-        .ok_or_else(|| Error::Fail(format!("no {NAME} in PATH ({path}) besides this one")))?;
-    let err = Command::new(&real).args(args).exec();
-    Err(Error::Fail(format!("cannot run {}: {err}", real.display())))
+    Err(crate::applets::runc::exec_real(NAME, args))
 }
 
 /// `-namespace NS ... -id ID [-bundle DIR] delete`, as containerd runs it.
